@@ -1,0 +1,100 @@
+"""The LLM replica: one Ray Serve replica hosting one vLLM `AsyncLLM` engine.
+
+The ingress does all HTTP and OpenAI work (validation, tokenization, chat templates, SSE);
+the replica only turns token ids into a stream of `GenerationChunk` dicts. Keeping the
+replica's interface small (token ids in, token deltas out) makes routing and the KV store
+independent of the API surface.
+
+Failure semantics: a request error raises inside `generate` and reaches the ingress as an
+exception (rendered as a 500 there); an engine that died makes `check_health` raise, so Serve
+replaces the replica.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+from ray import serve
+
+logger = logging.getLogger("greencache.replica")
+
+
+class LLMReplica:
+    """Serve deployment class; `deployments.app.build_app` wraps it with `serve.deployment`."""
+
+    def __init__(self, engine_config: dict[str, Any]):
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from greencache.config import EngineConfig
+
+        self.config = EngineConfig.model_validate(engine_config)
+        try:
+            self.replica_id = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # constructed outside Serve (unit use)
+            self.replica_id = uuid.uuid4().hex[:8]
+        t0 = time.monotonic()
+        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.config.engine_args()))
+        logger.info("replica %s: engine ready in %.1fs", self.replica_id, time.monotonic() - t0)
+
+    async def model_info(self) -> dict[str, Any]:
+        """What the ingress needs to validate requests: context window and model name."""
+        mc = self.engine.model_config
+        return {
+            "served_model_name": self.config.served_model_name,
+            "max_model_len": mc.max_model_len,
+            "replica_id": self.replica_id,
+        }
+
+    async def generate(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Stream generation for one request.
+
+        `request` keys: `request_id`, `prompt_token_ids`, `sampling` (SamplingParams kwargs),
+        and `prefix_hashes` (used only by the router). Yields dicts with `text` (delta),
+        `num_tokens` (delta), `finish_reason`, and on the first chunk `replica_id`,
+        `prompt_tokens`; on the last, `cached_tokens`.
+        """
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(output_kind=RequestOutputKind.DELTA, **request["sampling"])
+        first = True
+        async for out in self.engine.generate(
+            {"prompt_token_ids": request["prompt_token_ids"]},
+            params,
+            request["request_id"],
+        ):
+            comp = out.outputs[0]
+            chunk: dict[str, Any] = {
+                "text": comp.text,
+                "num_tokens": len(comp.token_ids),
+                "finish_reason": comp.finish_reason,
+            }
+            if first:
+                chunk["replica_id"] = self.replica_id
+                chunk["prompt_tokens"] = len(out.prompt_token_ids or request["prompt_token_ids"])
+                first = False
+            if out.finished:
+                chunk["cached_tokens"] = int(out.num_cached_tokens or 0)
+                chunk["stop_reason"] = comp.stop_reason
+            yield chunk
+
+    async def health(self) -> dict[str, Any]:
+        await self.engine.check_health()
+        return {"replica_id": self.replica_id, "status": "ok"}
+
+    async def check_health(self) -> None:
+        """Called by Serve's controller; raising marks the replica unhealthy."""
+        if self.engine.errored:
+            raise RuntimeError(f"vLLM engine of replica {self.replica_id} has errored")
+
+    def __del__(self):
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            try:
+                engine.shutdown()
+            except Exception:
+                pass

@@ -1,0 +1,143 @@
+"""The `greencache` command.
+
+    greencache serve [--port P] [--replicas N] [--model DIR] [--engine-arg K=V ...]
+    greencache demo-model DIR
+    greencache bench serve [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+
+
+def _kv(s: str) -> tuple[str, object]:
+    if "=" not in s:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
+    k, v = s.split("=", 1)
+    try:
+        return k.replace("-", "_"), json.loads(v)
+    except json.JSONDecodeError:
+        return k.replace("-", "_"), v
+
+
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8321, help="HTTP port (default 8321)")
+    p.add_argument("--replicas", type=int, default=1, help="LLM replicas (default 1)")
+    p.add_argument("--model", default=None, help="local HF model directory (default: demo model)")
+    p.add_argument("--served-model-name", default=None, help="name clients use as `model`")
+    p.add_argument("--max-model-len", type=int, default=None, help="context window (tokens)")
+    p.add_argument(
+        "--engine-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+        help="extra vLLM engine argument (JSON value), repeatable, e.g. max_num_seqs=32",
+    )
+    p.add_argument(
+        "--api-key", action="append", default=[],
+        help="accepted bearer token, repeatable; also GREENCACHE_API_KEYS (comma-separated)",
+    )
+
+
+def _serve_config(args: argparse.Namespace):
+    from greencache.config import ServeConfig
+
+    keys = list(args.api_key)
+    env_keys = os.environ.get("GREENCACHE_API_KEYS", "")
+    keys += [k.strip() for k in env_keys.split(",") if k.strip()]
+    return ServeConfig(
+        host=args.host,
+        port=args.port,
+        num_replicas=args.replicas,
+        model=args.model,
+        served_model_name=args.served_model_name,
+        max_model_len=args.max_model_len,
+        engine_kwargs=dict(args.engine_arg),
+        api_keys=keys,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from greencache.server import start_serve, stop_all
+
+    try:
+        config = _serve_config(args)
+    except Exception as e:
+        print(f"greencache serve: invalid configuration: {e}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def _on_signal(signum, frame):
+        print(f"\ngreencache: received {signal.Signals(signum).name}, shutting down...", flush=True)
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        url = start_serve(config)
+        # ray.init installs its own SIGTERM handler (which kills the driver abruptly);
+        # ours must win so Serve and the engines shut down in order.
+        signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGTERM, _on_signal)
+        model, name = config.resolved_model()
+        print(f"GreenCache is serving '{name}' at {url}/v1 (OpenAI API)", flush=True)
+        print(f"  try: curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
+              f"-d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}'",
+              flush=True)
+        print(f"  metrics: {url}/metrics   health: {url}/health   stop: Ctrl-C", flush=True)
+        while not stop.is_set():
+            stop.wait(1.0)
+    finally:
+        stop_all()
+        print("greencache: stopped", flush=True)
+    return 0
+
+
+def cmd_demo_model(args: argparse.Namespace) -> int:
+    from greencache.demo_model import build_demo_model
+
+    path = build_demo_model(args.dir, num_layers=args.layers, hidden_size=args.hidden)
+    print(path)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "serve":
+        from benchmarks.bench_serve import main as bench_main
+    else:
+        print(f"unknown benchmark {args.what!r}", file=sys.stderr)
+        return 2
+    return bench_main(args.rest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("GREENCACHE_LOG_LEVEL", "WARNING"))
+    parser = argparse.ArgumentParser(prog="greencache", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("serve", help="serve the OpenAI API on a local Ray cluster")
+    _add_serve_args(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo-model", help="build the demo model (random weights, local tokenizer)")
+    p.add_argument("dir")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--hidden", type=int, default=256)
+    p.set_defaults(func=cmd_demo_model)
+
+    p = sub.add_parser("bench", help="run a benchmark (prints JSON and a table)")
+    p.add_argument("what", choices=["serve"])
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
