@@ -67,10 +67,10 @@ class RoutingConfig(BaseModel):
     """Prefix-affinity routing across replicas (see deployments/routing.py)."""
 
     block_tokens: int = Field(
-        64, ge=1, description="Tokens per prefix block hashed for affinity (tokens)."
+        32, ge=1, description="Tokens per prefix block hashed for affinity (tokens)."
     )
     max_blocks: int = Field(
-        64, ge=1, description="Most prefix blocks of a prompt considered (bounds hashing cost)."
+        128, ge=1, description="Most prefix blocks of a prompt considered (bounds hashing cost)."
     )
     imbalance_threshold: int = Field(
         4,

@@ -1,0 +1,70 @@
+"""Shared fixtures: the demo model and one real GreenCache deployment per test session.
+
+A Ray session with two vLLM replicas costs ~30 s here, so every API test shares one
+(`greencache_server`). It runs with an API key and small limits so the error paths are cheap
+to reach.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+API_KEY = "test-key-123"
+MAX_MODEL_LEN = 1024
+MAX_BODY_BYTES = 64 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def greencache_home(tmp_path_factory) -> Path:
+    home = Path(os.environ.get("GREENCACHE_TEST_HOME", tmp_path_factory.mktemp("gchome")))
+    os.environ["GREENCACHE_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def demo_model(greencache_home) -> Path:
+    from greencache.demo_model import build_demo_model
+
+    return build_demo_model(greencache_home / "demo-model")
+
+
+@dataclass
+class Server:
+    url: str
+    model: str
+    api_key: str
+    max_model_len: int
+    max_body_bytes: int
+
+
+@pytest.fixture(scope="session")
+def greencache_server(demo_model, greencache_home):
+    from greencache.config import ServeConfig
+    from greencache.server import start_serve, stop_all
+
+    config = ServeConfig(
+        model=str(demo_model),
+        served_model_name="greencache-demo",
+        port=free_port(),
+        num_replicas=2,
+        max_model_len=MAX_MODEL_LEN,
+        api_keys=[API_KEY],
+        max_body_bytes=MAX_BODY_BYTES,
+        home=greencache_home,
+    )
+    url = start_serve(config)
+    try:
+        yield Server(url, "greencache-demo", API_KEY, MAX_MODEL_LEN, MAX_BODY_BYTES)
+    finally:
+        stop_all()

@@ -1,0 +1,55 @@
+"""`greencache serve` end to end: starts, answers, and stops on SIGTERM leaving nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import openai
+import psutil
+
+from conftest import free_port
+
+
+def test_serve_command_lifecycle(demo_model, tmp_path):
+    port = free_port()
+    env = dict(os.environ, GREENCACHE_HOME=str(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "greencache.cli", "serve", "--port", str(port), "--model", str(demo_model),
+         "--served-model-name", "demo", "--max-model-len", "512", "--engine-arg", "max_num_seqs=8"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
+    )
+    lines = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "GreenCache is serving" in line:
+                break
+        assert any("GreenCache is serving 'demo' at http://127.0.0.1:%d/v1" % port in l for l in lines), "".join(lines)
+
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+        r = client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        assert r.choices[0].finish_reason in ("length", "stop")
+        assert client.models.list().data[0].max_model_len == 512
+
+        family = psutil.Process(proc.pid).children(recursive=True)
+        names = " ".join(p.name() for p in family)
+        assert "raylet" in names and len(family) >= 4, names
+
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out
+        assert "stopped" in out
+        time.sleep(1)
+        left = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not left, f"processes left behind: {[(p.pid, p.name()) for p in left]}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -1,0 +1,118 @@
+"""The official OpenAI client against a live GreenCache (real Ray Serve, real vLLM)."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+
+@pytest.fixture(scope="module")
+def client(greencache_server):
+    return openai.OpenAI(base_url=greencache_server.url + "/v1", api_key=greencache_server.api_key)
+
+
+def test_models_lists_the_served_model(client, greencache_server):
+    models = client.models.list()
+    assert [m.id for m in models.data] == [greencache_server.model]
+
+
+def test_chat_completion_non_streaming(client, greencache_server):
+    r = client.chat.completions.create(
+        model=greencache_server.model,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is a cache?"}],
+        max_tokens=12,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
+    assert r.object == "chat.completion"
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 12
+    assert r.usage.prompt_tokens > 5
+    assert r.usage.total_tokens == r.usage.prompt_tokens + 12
+
+
+def test_chat_completion_streaming_matches_non_streaming(client, greencache_server):
+    kwargs = dict(
+        model=greencache_server.model,
+        messages=[{"role": "user", "content": "Tell me about green energy."}],
+        max_tokens=16,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
+    full = client.chat.completions.create(**kwargs)
+    stream = client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs)
+    pieces, finish, usage, roles = [], None, None, []
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for c in chunk.choices:
+            if c.delta.role:
+                roles.append(c.delta.role)
+            if c.delta.content:
+                pieces.append(c.delta.content)
+            if c.finish_reason:
+                finish = c.finish_reason
+    assert roles == ["assistant"]
+    assert "".join(pieces) == full.choices[0].message.content  # greedy: same text
+    assert finish == "length"
+    assert usage is not None and usage.completion_tokens == 16
+
+
+def test_completion_non_streaming_and_streaming(client, greencache_server):
+    kwargs = dict(model=greencache_server.model, prompt="The grid is", max_tokens=10, temperature=0,
+                  extra_body={"ignore_eos": True})
+    full = client.completions.create(**kwargs)
+    assert full.object == "text_completion"
+    assert full.usage.completion_tokens == 10
+    text = "".join(c.choices[0].text for c in client.completions.create(stream=True, **kwargs) if c.choices)
+    assert text == full.choices[0].text
+
+
+def test_completion_accepts_token_ids(client, greencache_server):
+    r = client.completions.create(model=greencache_server.model, prompt=[10, 20, 30, 40], max_tokens=3,
+                                  extra_body={"ignore_eos": True})
+    assert r.usage.prompt_tokens == 4
+    assert r.usage.completion_tokens == 3
+
+
+def test_stop_sequence_and_max_tokens_respected(client, greencache_server):
+    r = client.completions.create(model=greencache_server.model, prompt="Carbon", max_tokens=5, temperature=0)
+    assert r.usage.completion_tokens <= 5
+
+
+def test_cached_prompt_tokens_reported(client, greencache_server):
+    # The same long prompt twice: the router sends it to the same replica, whose vLLM prefix
+    # cache serves the shared blocks; usage must say so.
+    prompt = list(range(100, 700))  # 600 tokens, exact
+    first = client.completions.create(model=greencache_server.model, prompt=prompt, max_tokens=2)
+    second = client.completions.create(model=greencache_server.model, prompt=prompt, max_tokens=2)
+    assert first.usage.prompt_tokens == second.usage.prompt_tokens == 600
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert 0 < cached <= second.usage.prompt_tokens
+
+
+def test_health_and_metrics(client, greencache_server):
+    h = httpx.get(greencache_server.url + "/health", timeout=30)
+    assert h.status_code == 200 and h.json()["status"] == "ok"
+    client.completions.create(model=greencache_server.model, prompt="metrics please", max_tokens=3)
+    m = httpx.get(greencache_server.url + "/metrics", timeout=30)
+    assert m.status_code == 200
+    text = m.text
+
+    def value(name: str) -> float:
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    assert value("greencache_time_to_first_token_seconds_count") >= 1
+    assert value("greencache_inter_token_latency_seconds_count") >= 1
+    assert value("greencache_e2e_request_latency_seconds_count") >= 1
+    assert value("greencache_prompt_tokens_total") > 0
+    assert value("greencache_generation_tokens_total") > 0
+    assert "greencache_prefix_cache_hit_tokens_total" in text
+    assert 'greencache_requests_total{endpoint="/v1/completions",status="200"}' in text
