@@ -1,0 +1,161 @@
+"""`greencache bench serve`: GreenCache vs vLLM's own OpenAI server, same engine, same load.
+
+Both servers run the same model with the same engine settings and environment, and are up at
+the same time; rounds alternate (GreenCache, vLLM, GreenCache, ...) so drift on a shared
+machine hits both alike. Each round sends fresh prompts (no cross-round prefix-cache hits).
+Reported per system: requests/s and TTFT p50 over all measured rounds (a warm-up round each is
+discarded). Targets: throughput_ratio >= 0.9, p50 TTFT overhead <= 10 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks.loadgen import LoadResult, percentile, random_token_prompts, run_closed_loop
+
+MODEL_NAME = "greencache-demo"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, proc: subprocess.Popen | None, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode}")
+        try:
+            if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url} not ready after {timeout_s}s")
+
+
+def start_vllm_server(model: str, port: int, max_model_len: int, log_path: Path) -> subprocess.Popen:
+    from greencache.config import engine_env
+
+    env = dict(os.environ, **engine_env())
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", model, "--served-model-name", MODEL_NAME,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--enforce-eager", "--max-model-len", str(max_model_len),
+        "--uvicorn-log-level", "warning",
+    ]
+    log = open(log_path, "w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="greencache bench serve", description=__doc__)
+    p.add_argument("--json", action="store_true", help="print the JSON result on stdout")
+    p.add_argument("--model", default=None, help="model directory (default: the demo model)")
+    p.add_argument("--requests", type=int, default=48, help="requests per round")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--prompt-tokens", type=int, default=256)
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=3, help="measured rounds per system")
+    p.add_argument("--max-model-len", type=int, default=2048)
+    args = p.parse_args(argv)
+
+    from greencache.config import ServeConfig
+    from greencache.server import start_serve, stop_all
+
+    config = ServeConfig(model=args.model, port=_free_port(), num_replicas=1, max_model_len=args.max_model_len)
+    model_dir, _ = config.resolved_model()
+    config = config.model_copy(update={"model": model_dir, "served_model_name": MODEL_NAME})
+    from transformers import AutoTokenizer
+
+    vocab = len(AutoTokenizer.from_pretrained(model_dir))
+
+    log_dir = Path(config.home) / "bench"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    vllm_port = _free_port()
+    vllm_proc = start_vllm_server(model_dir, vllm_port, args.max_model_len, log_dir / "vllm_server.log")
+    systems: dict[str, str] = {}
+    rounds: dict[str, list[dict]] = {"greencache": [], "vllm": []}
+    merged: dict[str, LoadResult] = {"greencache": LoadResult(), "vllm": LoadResult()}
+    try:
+        systems["greencache"] = start_serve(config)
+        systems["vllm"] = f"http://127.0.0.1:{vllm_port}"
+        _wait_ready(systems["vllm"], vllm_proc)
+        _wait_ready(systems["greencache"], None)
+        seed = 0
+        for r in range(args.rounds + 1):  # round 0 warms both up and is discarded
+            for name in ("greencache", "vllm") if r % 2 == 0 else ("vllm", "greencache"):
+                seed += 1
+                prompts = random_token_prompts(args.requests, args.prompt_tokens, vocab, seed)
+                res = asyncio.run(run_closed_loop(systems[name], MODEL_NAME, prompts,
+                                                  concurrency=args.concurrency, max_tokens=args.max_tokens))
+                s = res.summary()
+                print(f"[bench serve] round {r} {name:10s} rps={s['rps']:.2f} ttft_p50={s['ttft_p50_ms']:.1f}ms "
+                      f"failed={s['failed']}", file=sys.stderr, flush=True)
+                if r > 0:
+                    rounds[name].append(s)
+                    merged[name].results.extend(res.results)
+                    merged[name].wall_s += res.wall_s
+    finally:
+        vllm_proc.terminate()
+        try:
+            vllm_proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(vllm_proc.pid, 9)
+        stop_all()
+
+    def stats(name: str) -> dict:
+        res = merged[name]
+        ttft = sorted(x.ttft_s for x in res.ok)
+        return {"rps": len(res.ok) / res.wall_s, "ttft_p50_ms": percentile(ttft, 50) * 1e3,
+                "ttft_p90_ms": percentile(ttft, 90) * 1e3, "failed": len(res.results) - len(res.ok)}
+
+    g, v = stats("greencache"), stats("vllm")
+    out = {
+        "greencache_rps": g["rps"],
+        "vllm_rps": v["rps"],
+        "throughput_ratio": g["rps"] / v["rps"] if v["rps"] else float("nan"),
+        "ttft_p50_ms_greencache": g["ttft_p50_ms"],
+        "ttft_p50_ms_vllm": v["ttft_p50_ms"],
+        "ttft_p50_overhead_ms": g["ttft_p50_ms"] - v["ttft_p50_ms"],
+        "ttft_p90_ms_greencache": g["ttft_p90_ms"],
+        "ttft_p90_ms_vllm": v["ttft_p90_ms"],
+        "failed_greencache": g["failed"],
+        "failed_vllm": v["failed"],
+        "targets": {"throughput_ratio_min": 0.9, "ttft_p50_overhead_ms_max": 10.0},
+        "config": {"requests_per_round": args.requests, "concurrency": args.concurrency,
+                   "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
+                   "rounds": args.rounds, "model": model_dir, "cpus": os.cpu_count()},
+        "rounds": rounds,
+    }
+    rows = [("system", "req/s", "TTFT p50 ms", "TTFT p90 ms", "failed"),
+            ("greencache", f"{g['rps']:.2f}", f"{g['ttft_p50_ms']:.1f}", f"{g['ttft_p90_ms']:.1f}", str(g["failed"])),
+            ("vllm", f"{v['rps']:.2f}", f"{v['ttft_p50_ms']:.1f}", f"{v['ttft_p90_ms']:.1f}", str(v["failed"]))]
+    print(_table(rows), file=sys.stderr)
+    print(f"throughput_ratio={out['throughput_ratio']:.3f} (target >= 0.9)  "
+          f"TTFT p50 overhead={out['ttft_p50_overhead_ms']:.1f} ms (target <= 10)", file=sys.stderr)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
