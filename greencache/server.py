@@ -14,6 +14,19 @@ from greencache.config import ServeConfig
 
 logger = logging.getLogger("greencache.server")
 
+# Ray Serve's throughput settings (a subset of RAY_SERVE_THROUGHPUT_OPTIMIZED, without its
+# direct-ingress mode, which would move the public port). Token streaming makes many small
+# messages per request; these cut thread hops and per-request logging on that path. They must
+# be in the environment before Ray starts so every Serve process inherits them.
+SERVE_PERF_ENV = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+    "RAY_SERVE_LOG_TO_STDERR": "0",
+    "RAY_SERVE_FREEZE_GC_ON_STARTUP": "1",
+}
+
 
 def start_local_ray(num_cpus: Optional[int] = None) -> None:
     """Start a single-node Ray bound to 127.0.0.1 (no-op if Ray is already up).
@@ -27,6 +40,8 @@ def start_local_ray(num_cpus: Optional[int] = None) -> None:
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for k, v in SERVE_PERF_ENV.items():
+        os.environ.setdefault(k, v)
     logical = num_cpus or max(4, (os.cpu_count() or 1) * 2)
     ray.init(
         address="local",
