@@ -68,3 +68,24 @@ def greencache_server(demo_model, greencache_home):
         yield Server(url, "greencache-demo", API_KEY, MAX_MODEL_LEN, MAX_BODY_BYTES)
     finally:
         stop_all()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A private redis-server on a free loopback port for the whole session."""
+    from cache_store.redis_server import RedisServer
+
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """The session Redis, flushed before each test so tests don't see each other's chunks."""
+    import redis
+
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    redis.Redis.from_url(redis_server.url).flushall()
+    return redis_server.url

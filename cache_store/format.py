@@ -1,0 +1,130 @@
+"""KV chunk keys and the on-store value format.
+
+Key = `<namespace>:<chain hash>` where `h_i = H(h_{i-1} ‖ token ids of chunk i)`. The namespace
+hashes everything that makes KV bytes mean something (model, dtype, layers, KV heads, head
+size, block size, chunk size, parallel rank, format version), so one model's KV can never be
+loaded into another: a different namespace is simply a different key.
+
+Value = fixed header + shape + raw tensor bytes:
+
+    magic "GCKV" | version u16 | dtype u8 | ndim u8 | namespace digest 16B | key digest 16B
+    | payload length u64 | crc32 of payload u32 | shape: ndim × u32 | payload
+
+The header repeats the namespace and key digests so a value written under one key and found
+under another (a foreign or misplaced chunk) is rejected, and the CRC catches corruption and
+truncation. Nothing is pickled: a shared Redis must never be able to run code in a replica.
+`decode_chunk` raises `ChunkError` for any mismatch; callers treat that as a miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+MAGIC = b"GCKV"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct("<4sHBB16s16sQI")
+
+# Stable codes; never renumber.
+DTYPE_CODES = {"bfloat16": 1, "float16": 2, "float32": 3, "float8_e4m3fn": 4, "uint8": 5}
+CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
+
+
+class ChunkError(ValueError):
+    """A stored value that must not be used (corrupt, truncated, foreign or mismatched)."""
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """Everything that fixes the meaning of KV bytes."""
+
+    model: str
+    dtype: str
+    num_layers: int
+    num_kv_heads: int
+    head_size: int
+    block_size: int
+    chunk_tokens: int
+    rank: int = 0
+
+    @property
+    def id(self) -> str:
+        spec = (
+            f"v{FORMAT_VERSION}|{self.model}|{self.dtype}|L{self.num_layers}|H{self.num_kv_heads}|"
+            f"D{self.head_size}|B{self.block_size}|C{self.chunk_tokens}|R{self.rank}"
+        )
+        return hashlib.blake2b(spec.encode(), digest_size=8).hexdigest()
+
+    @property
+    def digest(self) -> bytes:
+        return bytes.fromhex(self.id).ljust(16, b"\0")
+
+
+def chunk_keys(namespace: Namespace, token_ids: Sequence[int], max_tokens: int | None = None) -> list[str]:
+    """Keys of the full chunks of `token_ids` (only the first `max_tokens` tokens count)."""
+    n = len(token_ids) if max_tokens is None else min(len(token_ids), max_tokens)
+    c = namespace.chunk_tokens
+    keys = []
+    prev = b""
+    ns = namespace.id
+    arr = np.asarray(token_ids[: (n // c) * c], dtype=np.int64)
+    for i in range(n // c):
+        h = hashlib.blake2b(prev, digest_size=16)
+        h.update(arr[i * c : (i + 1) * c].tobytes())
+        prev = h.digest()
+        keys.append(f"{ns}:{prev.hex()}")
+    return keys
+
+
+def _key_digest(key: str) -> bytes:
+    return hashlib.blake2b(key.encode(), digest_size=16).digest()
+
+
+def encode_chunk(namespace: Namespace, key: str, dtype: str, shape: Sequence[int], payload: bytes) -> bytes:
+    """Header + payload. `payload` is the tensor's raw bytes in C order."""
+    if dtype not in DTYPE_CODES:
+        raise ValueError(f"unsupported dtype {dtype!r}; known: {sorted(DTYPE_CODES)}")
+    header = _HEADER.pack(
+        MAGIC, FORMAT_VERSION, DTYPE_CODES[dtype], len(shape), namespace.digest, _key_digest(key),
+        len(payload), zlib.crc32(payload) & 0xFFFFFFFF,
+    )
+    return header + struct.pack(f"<{len(shape)}I", *shape) + payload
+
+
+def decode_chunk(namespace: Namespace, key: str, value: bytes, expect_shape: Sequence[int] | None = None,
+                 expect_dtype: str | None = None) -> tuple[str, tuple[int, ...], memoryview]:
+    """Validate `value` as the chunk stored under `key`; return (dtype, shape, payload view)."""
+    if len(value) < _HEADER.size:
+        raise ChunkError(f"truncated header ({len(value)} bytes)")
+    magic, version, dcode, ndim, ns_digest, key_digest, plen, crc = _HEADER.unpack_from(value, 0)
+    if magic != MAGIC:
+        raise ChunkError("bad magic: not a GreenCache chunk")
+    if version != FORMAT_VERSION:
+        raise ChunkError(f"format version {version}, expected {FORMAT_VERSION}")
+    if ns_digest != namespace.digest:
+        raise ChunkError("chunk belongs to another namespace (model/dtype/shape)")
+    if key_digest != _key_digest(key):
+        raise ChunkError("chunk was stored under another key")
+    dtype = CODE_DTYPES.get(dcode)
+    if dtype is None:
+        raise ChunkError(f"unknown dtype code {dcode}")
+    off = _HEADER.size
+    if len(value) < off + 4 * ndim:
+        raise ChunkError("truncated shape")
+    shape = struct.unpack_from(f"<{ndim}I", value, off)
+    off += 4 * ndim
+    payload = memoryview(value)[off:]
+    if len(payload) != plen:
+        raise ChunkError(f"payload is {len(payload)} bytes, header says {plen}")
+    if zlib.crc32(payload) & 0xFFFFFFFF != crc:
+        raise ChunkError("checksum mismatch")
+    if expect_shape is not None and tuple(expect_shape) != tuple(shape):
+        raise ChunkError(f"shape {shape}, expected {tuple(expect_shape)}")
+    if expect_dtype is not None and expect_dtype != dtype:
+        raise ChunkError(f"dtype {dtype}, expected {expect_dtype}")
+    return dtype, tuple(shape), payload

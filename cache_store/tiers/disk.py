@@ -1,0 +1,118 @@
+"""Node-local disk tier (standing for NVMe): one file per chunk under a directory.
+
+- Writes go to a temporary file and are renamed into place, so readers never see a partial
+  chunk from this process; a crash leaves at most a stray `*.tmp`, removed on start.
+- The index (key → size) is rebuilt by scanning the directory on start, oldest file first, so
+  a restarted replica reuses what it saved before and LRU order survives restarts roughly.
+- `used_bytes` counts file sizes, so the capacity limit is bytes on disk.
+- A full or failing disk (ENOSPC, EIO, permissions) drops the write and counts it; never raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+from cache_store.eviction import EvictionPolicy
+from cache_store.tiers.base import LocalTier
+
+logger = logging.getLogger("greencache.store.disk")
+
+
+def _filename(key: str) -> str:
+    return key.replace(":", "_") + ".kv"
+
+
+def _key(filename: str) -> str:
+    return filename[: -len(".kv")].replace("_", ":", 1)
+
+
+class DiskTier(LocalTier):
+    name = "disk"
+
+    def __init__(self, path: str | os.PathLike, capacity_bytes: int, policy: Optional[EvictionPolicy] = None) -> None:
+        super().__init__(capacity_bytes, policy)
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        entries = []
+        for e in os.scandir(self.path):
+            if e.name.endswith(".tmp"):
+                try:
+                    os.unlink(e.path)
+                except OSError:
+                    pass
+            elif e.name.endswith(".kv") and e.is_file():
+                st = e.stat()
+                entries.append((st.st_mtime, e.name, st.st_size))
+        for _, name, size in sorted(entries):
+            self._track(_key(name), size)
+        self._evict_until(self.capacity_bytes)
+
+    def _read(self, key: str) -> Optional[bytes]:
+        try:
+            with open(self.path / _filename(key), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            self.s.errors += 1
+            logger.warning("disk tier read failed for %s: %s", key, e)
+            return None
+
+    def _write(self, key: str, value: bytes) -> bool:
+        final = self.path / _filename(key)
+        tmp = final.with_name(final.name + f".{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(value)
+            os.replace(tmp, final)
+            return True
+        except OSError as e:
+            self.s.errors += 1
+            logger.warning("disk tier write failed for %s: %s", key, e)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            return False
+
+    def _delete(self, key: str) -> None:
+        try:
+            os.unlink(self.path / _filename(key))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            self.s.errors += 1
+            logger.warning("disk tier delete failed for %s: %s", key, e)
+
+    def contains_many(self, keys):
+        # Check the file system, not only our index: the engine's scheduler process looks up
+        # chunks that its worker process wrote, and other processes may evict.
+        out = []
+        with self._lock:
+            for k in keys:
+                exists = os.path.exists(self.path / _filename(k))
+                if exists and k not in self.index:
+                    try:
+                        self._track(k, os.path.getsize(self.path / _filename(k)))
+                    except OSError:
+                        exists = False
+                elif not exists and k in self.index:
+                    self._untrack(k)
+                out.append(exists)
+        return out
+
+    def refresh(self) -> None:
+        """Pick up chunks written by other processes sharing this directory."""
+        with self._lock:
+            for e in os.scandir(self.path):
+                if e.name.endswith(".kv"):
+                    k = _key(e.name)
+                    if k not in self.index:
+                        try:
+                            self._track(k, e.stat().st_size)
+                        except OSError:
+                            pass
+            self._evict_until(self.capacity_bytes)

@@ -1,0 +1,194 @@
+"""Shared Redis tier: chunks every replica can read, with store-enforced capacity.
+
+Layout per namespace prefix `gc:`: the chunk value under its key, plus
+- `gc:lru` (sorted set: key → last access time) for LRU eviction across replicas,
+- `gc:size` (hash: key → bytes) and `gc:used` (bytes counter) for the capacity limit.
+After a write pushes `gc:used` over `capacity_bytes`, the writer evicts the oldest keys until
+it is back under. Where GreenCache owns the server, also run it with `maxmemory` and
+`maxmemory-policy allkeys-lru` (see `start_redis_server`) as a backstop.
+
+Failure semantics: every Redis error opens a circuit breaker for `retry_after_s`; while open,
+gets are misses and puts are dropped without touching the network, so a down Redis costs
+nothing per request. The next call after the pause tries again (redis-py reconnects).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional, Sequence
+
+from cache_store.tiers.base import TierStats
+
+logger = logging.getLogger("greencache.store.redis")
+
+
+class RedisTier:
+    name = "redis"
+
+    def __init__(self, url: str, capacity_bytes: int, *, prefix: str = "gc:", socket_timeout_s: float = 1.0,
+                 retry_after_s: float = 2.0) -> None:
+        import redis
+
+        self.url = url
+        self.capacity_bytes = int(capacity_bytes)
+        self.prefix = prefix
+        self.retry_after_s = retry_after_s
+        self.client = redis.Redis.from_url(url, socket_timeout=socket_timeout_s,
+                                           socket_connect_timeout=socket_timeout_s)
+        self.s = TierStats()
+        self._down_until = 0.0
+        self.circuit_opens = 0
+
+    # ---- circuit breaker ------------------------------------------------------------
+    def _available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _fail(self, e: Exception) -> None:
+        self.s.errors += 1
+        if self._available():
+            self.circuit_opens += 1
+            logger.warning("redis tier %s unavailable (%s); retrying in %.1fs", self.url, e, self.retry_after_s)
+        self._down_until = time.monotonic() + self.retry_after_s
+
+    @property
+    def healthy(self) -> bool:
+        return self._available()
+
+    # ---- tier API -------------------------------------------------------------------
+    def get_many(self, keys: Sequence[str]) -> list[Optional[bytes]]:
+        self.s.lookups += len(keys)
+        if not keys or not self._available():
+            return [None] * len(keys)
+        t0 = time.perf_counter()
+        try:
+            values = self.client.mget(list(keys))
+            hits = [k for k, v in zip(keys, values) if v is not None]
+            if hits:
+                now = time.time()
+                self.client.zadd(self.prefix + "lru", {k: now for k in hits}, xx=True)
+        except Exception as e:  # redis.RedisError, OSError
+            self._fail(e)
+            return [None] * len(keys)
+        finally:
+            self.s.get_s += time.perf_counter() - t0
+        for v in values:
+            if v is not None:
+                self.s.hits += 1
+                self.s.bytes_read += len(v)
+        return values
+
+    def contains_many(self, keys: Sequence[str]) -> list[bool]:
+        if not keys or not self._available():
+            return [False] * len(keys)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for k in keys:
+                pipe.exists(k)
+            return [bool(x) for x in pipe.execute()]
+        except Exception as e:
+            self._fail(e)
+            return [False] * len(keys)
+
+    def put_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
+        if not items:
+            return
+        if not self._available():
+            self.s.dropped_puts += len(items)
+            return
+        t0 = time.perf_counter()
+        try:
+            now = time.time()
+            pipe = self.client.pipeline(transaction=False)
+            sized = [(k, v) for k, v, _ in items if len(v) <= self.capacity_bytes]
+            self.s.dropped_puts += len(items) - len(sized)
+            for k, v in sized:
+                pipe.set(k, v, nx=True)
+            created = pipe.execute()
+            pipe = self.client.pipeline(transaction=False)
+            added = 0
+            for (k, v), ok in zip(sized, created):
+                if ok:
+                    pipe.zadd(self.prefix + "lru", {k: now})
+                    pipe.hset(self.prefix + "size", k, len(v))
+                    added += len(v)
+                    self.s.puts += 1
+                    self.s.bytes_written += len(v)
+            if added:
+                pipe.incrby(self.prefix + "used", added)
+            res = pipe.execute()
+            used = int(res[-1]) if added else None
+            if used is not None and used > self.capacity_bytes:
+                self._evict_until(self.capacity_bytes)
+        except Exception as e:
+            self._fail(e)
+            self.s.dropped_puts += len(items)
+        finally:
+            self.s.put_s += time.perf_counter() - t0
+
+    def _evict_until(self, limit: int) -> None:
+        while True:
+            used = int(self.client.get(self.prefix + "used") or 0)
+            if used <= limit:
+                return
+            # Pop as few as needed: estimate from the average chunk size (equal within a model).
+            n_keys = max(1, int(self.client.zcard(self.prefix + "lru")))
+            need = max(1, min(64, (used - limit) * n_keys // max(used, 1)))
+            popped = self.client.zpopmin(self.prefix + "lru", need)
+            if not popped:
+                # Nothing tracked but counter high (keys evicted by Redis maxmemory): resync.
+                self.client.set(self.prefix + "used", 0)
+                return
+            keys = [k for k, _ in popped]
+            sizes = self.client.hmget(self.prefix + "size", keys)
+            freed = sum(int(s or 0) for s in sizes)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.delete(*keys)
+            pipe.hdel(self.prefix + "size", *keys)
+            pipe.decrby(self.prefix + "used", freed)
+            pipe.execute()
+            self.s.evictions += len(keys)
+            self.s.evicted_bytes += freed
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        if not keys or not self._available():
+            return
+        try:
+            sizes = self.client.hmget(self.prefix + "size", list(keys))
+            pipe = self.client.pipeline(transaction=False)
+            pipe.delete(*keys)
+            pipe.zrem(self.prefix + "lru", *keys)
+            pipe.hdel(self.prefix + "size", *keys)
+            freed = sum(int(s or 0) for s in sizes)
+            if freed:
+                pipe.decrby(self.prefix + "used", freed)
+            pipe.execute()
+        except Exception as e:
+            self._fail(e)
+
+    def set_capacity(self, capacity_bytes: int) -> None:
+        self.capacity_bytes = int(capacity_bytes)
+        if self._available():
+            try:
+                self._evict_until(self.capacity_bytes)
+            except Exception as e:
+                self._fail(e)
+
+    def used_bytes(self) -> int:
+        if not self._available():
+            return 0
+        try:
+            return int(self.client.get(self.prefix + "used") or 0)
+        except Exception as e:
+            self._fail(e)
+            return 0
+
+    def stats(self) -> dict:
+        return {"tier": self.name, "capacity_bytes": self.capacity_bytes, "used_bytes": self.used_bytes(),
+                "healthy": self.healthy, "circuit_opens": self.circuit_opens, **self.s.as_dict()}
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:
+            pass
