@@ -1,0 +1,395 @@
+"""GreenCacheConnector: vLLM KV connector that loads and saves prefix chunks through KVStore.
+
+Load with `kv_transfer_config={"kv_connector": "GreenCacheConnector",
+"kv_connector_module_path": "cache_store.connector", "kv_role": "kv_both",
+"kv_load_failure_policy": "recompute", "kv_connector_extra_config": <store spec>}`
+(see `store.build_store` for the spec; `chunk_tokens` sets the chunk size).
+
+Scheduler side (EngineCore process):
+    get_num_new_matched_tokens  hash the prompt into chunk keys, ask the store for the longest
+                                cached prefix; at least one prompt token is always left to
+                                compute (it yields the first output's logits).
+    update_state_after_alloc    remember which requests load, and from which token.
+    build_connector_meta        per step: load items (new requests with external hits) and
+                                save items (prompt chunks whose tokens are now all computed
+                                and that the store did not already have).
+    request_finished            forget the request.
+Worker side (model-runner process):
+    start_load_kv               read, validate and copy each chunk into the paged KV cache.
+                                A missing, corrupt, truncated or foreign chunk is deleted from
+                                the store and its blocks are reported through
+                                `get_block_ids_with_load_errors`; vLLM then recomputes them
+                                (policy "recompute"), so a bad chunk costs time, never tokens.
+    save_kv_layer               copy this step's chunk slots out of each layer.
+    wait_for_save               assemble [layers, tokens, kv_heads, 2*head_size] chunks and
+                                hand them to a background writer (bounded queue; when full,
+                                saves are dropped and counted, never blocking the engine).
+
+Value layout per chunk: all layers of one chunk in one value, so one GET loads a chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+
+from vllm.distributed.kv_transfer.kv_connector.v1.base import (
+    KVConnectorBase_V1,
+    KVConnectorMetadata,
+    KVConnectorRole,
+)
+
+from cache_store.format import ChunkError, Namespace, chunk_keys, decode_chunk, encode_chunk
+from cache_store.store import KVStore, build_store
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.forward_context import ForwardContext
+    from vllm.v1.core.kv_cache_manager import KVCacheBlocks
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.request import Request
+
+logger = logging.getLogger("greencache.connector")
+
+_TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass
+class ChunkTransfer:
+    """One request's chunks to load or save in this step."""
+
+    req_id: str
+    keys: list[str]
+    chunk_indices: list[int]
+    # per chunk: slots (block_id * block_size + offset) of its tokens, and which of them to
+    # write on load (tokens already computed locally are skipped, never overwritten)
+    slots: list[list[int]]
+    write_from: list[int] = field(default_factory=list)
+
+
+@dataclass
+class GreenCacheMeta(KVConnectorMetadata):
+    loads: list[ChunkTransfer] = field(default_factory=list)
+    saves: list[ChunkTransfer] = field(default_factory=list)
+
+
+@dataclass
+class _ReqState:
+    keys: list[str]
+    prompt_len: int
+    block_ids: list[int]
+    saved_chunks: int  # chunks [0, saved_chunks) are in the store or queued for it
+    load_from: int = 0  # first token to load (tokens before are local prefix-cache hits)
+    load_upto: int = 0  # tokens [load_from, load_upto) come from the store
+
+
+def namespace_for(vllm_config: "VllmConfig", chunk_tokens: int, rank: int = 0) -> Namespace:
+    mc = vllm_config.model_config
+    pc = vllm_config.parallel_config
+    cc = vllm_config.cache_config
+    dtype = str(mc.dtype).replace("torch.", "") if cc.cache_dtype in (None, "auto") else str(cc.cache_dtype)
+    model_id = vllm_config.kv_transfer_config.get_from_extra_config("namespace_model", None) or mc.model
+    try:
+        cfg_hash = json.dumps(mc.hf_config.to_dict(), sort_keys=True, default=str)
+        import hashlib
+
+        model_id = f"{model_id}#{hashlib.blake2b(cfg_hash.encode(), digest_size=6).hexdigest()}"
+    except Exception:
+        pass
+    return Namespace(
+        model=model_id,
+        dtype=dtype,
+        num_layers=mc.get_num_layers(pc),
+        num_kv_heads=mc.get_num_kv_heads(pc),
+        head_size=mc.get_head_size(),
+        block_size=cc.block_size,
+        chunk_tokens=chunk_tokens,
+        rank=rank,
+    )
+
+
+class GreenCacheConnector(KVConnectorBase_V1):
+    def __init__(self, vllm_config: "VllmConfig", role: KVConnectorRole, kv_cache_config=None):
+        super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
+        extra = dict(self._kv_transfer_config.kv_connector_extra_config or {})
+        self.block_size = vllm_config.cache_config.block_size
+        self.chunk_tokens = int(extra.get("chunk_tokens", 256))
+        if self.chunk_tokens % self.block_size:
+            raise ValueError(
+                f"chunk_tokens ({self.chunk_tokens}) must be a multiple of vLLM's block size "
+                f"({self.block_size}); set kv store chunk_tokens accordingly"
+            )
+        rank = 0
+        if role == KVConnectorRole.WORKER:
+            try:
+                from vllm.distributed.parallel_state import get_tensor_model_parallel_rank
+
+                rank = get_tensor_model_parallel_rank()
+            except Exception:
+                rank = 0
+        self.ns = namespace_for(vllm_config, self.chunk_tokens, rank)
+        self.store: KVStore = build_store(extra)
+        self.stats_path = Path(extra["stats_dir"]) / f"stats-{role.name.lower()}-{os.getpid()}.json" \
+            if extra.get("stats_dir") else None
+        self._stats_written = 0.0
+        # scheduler state
+        self._reqs: dict[str, _ReqState] = {}
+        self._pending_lookup: dict[str, tuple[list[str], int]] = {}
+        # worker state
+        self._kv_caches: dict[str, torch.Tensor] = {}
+        self._layer_names: list[str] = []
+        self._save_buf: dict[str, dict[str, torch.Tensor]] = {}
+        self._load_errors: set[int] = set()
+        self.loaded_chunks = 0
+        self.saved_chunks = 0
+        self.failed_chunks = 0
+        self.dropped_saves = 0
+        self._queue: "queue.Queue[Optional[list]]" = queue.Queue(maxsize=int(extra.get("save_queue", 64)))
+        self._writer: Optional[threading.Thread] = None
+        if role == KVConnectorRole.WORKER:
+            self._writer = threading.Thread(target=self._write_loop, name="greencache-kv-writer", daemon=True)
+            self._writer.start()
+        logger.info("GreenCacheConnector %s: namespace %s, chunk %d tokens, tiers %s", role.name, self.ns.id,
+                    self.chunk_tokens, [t.name for t in self.store.tiers])
+
+    # ================================================================== scheduler side
+    def get_num_new_matched_tokens(self, request: "Request", num_computed_tokens: int) -> tuple[Optional[int], bool]:
+        prompt = list(request.prompt_token_ids or [])
+        # Leave at least one token to compute: its logits produce the first output token.
+        keys = chunk_keys(self.ns, prompt, max_tokens=len(prompt) - 1)
+        hit = self.store.lookup_prefix(keys) if keys else 0
+        self._pending_lookup[request.request_id] = (chunk_keys(self.ns, prompt), hit)
+        self._maybe_write_stats()
+        hit_tokens = hit * self.chunk_tokens
+        if hit_tokens <= num_computed_tokens:
+            return 0, False
+        return hit_tokens - num_computed_tokens, False
+
+    def update_state_after_alloc(self, request: "Request", blocks: "KVCacheBlocks", num_external_tokens: int):
+        all_keys, hit = self._pending_lookup.pop(request.request_id, (None, 0))
+        if all_keys is None:
+            all_keys = chunk_keys(self.ns, list(request.prompt_token_ids or []))
+        st = _ReqState(keys=all_keys, prompt_len=len(request.prompt_token_ids or []), block_ids=[],
+                       saved_chunks=hit)
+        if num_external_tokens > 0:
+            st.load_upto = hit * self.chunk_tokens
+            st.load_from = st.load_upto - num_external_tokens
+        self._reqs[request.request_id] = st
+
+    def _slots(self, block_ids: list[int], start: int, end: int) -> list[int]:
+        bs = self.block_size
+        return [block_ids[p // bs] * bs + p % bs for p in range(start, end)]
+
+    def build_connector_meta(self, scheduler_output: "SchedulerOutput") -> KVConnectorMetadata:
+        meta = GreenCacheMeta()
+        c = self.chunk_tokens
+        progress: list[tuple[str, int]] = []
+        for new in scheduler_output.scheduled_new_reqs:
+            st = self._reqs.get(new.req_id)
+            if st is None:
+                prompt = list(new.prompt_token_ids or [])
+                st = _ReqState(keys=chunk_keys(self.ns, prompt), prompt_len=len(prompt), block_ids=[], saved_chunks=0)
+                self._reqs[new.req_id] = st
+            st.block_ids = list(new.block_ids[0])
+            if st.load_upto > st.load_from:
+                first = st.load_from // c
+                last = st.load_upto // c
+                idx = list(range(first, last))
+                meta.loads.append(ChunkTransfer(
+                    req_id=new.req_id,
+                    keys=[st.keys[i] for i in idx],
+                    chunk_indices=idx,
+                    slots=[self._slots(st.block_ids, i * c, (i + 1) * c) for i in idx],
+                    write_from=[max(0, st.load_from - i * c) for i in idx],
+                ))
+                st.load_from = st.load_upto = 0
+            progress.append((new.req_id, new.num_computed_tokens + scheduler_output.num_scheduled_tokens.get(new.req_id, 0)))
+        cached = scheduler_output.scheduled_cached_reqs
+        for i, req_id in enumerate(cached.req_ids):
+            st = self._reqs.get(req_id)
+            if st is None:
+                continue
+            nb = cached.new_block_ids[i]
+            if req_id in cached.resumed_req_ids:
+                st.block_ids = list(nb[0]) if nb is not None else []
+            elif nb is not None:
+                st.block_ids.extend(nb[0])
+            progress.append((req_id, cached.num_computed_tokens[i] + scheduler_output.num_scheduled_tokens.get(req_id, 0)))
+        for req_id, covered in progress:
+            st = self._reqs[req_id]
+            ready = min(covered, st.prompt_len) // c
+            if ready > st.saved_chunks and ready * c <= len(st.block_ids) * self.block_size:
+                idx = list(range(st.saved_chunks, ready))
+                meta.saves.append(ChunkTransfer(
+                    req_id=req_id,
+                    keys=[st.keys[j] for j in idx],
+                    chunk_indices=idx,
+                    slots=[self._slots(st.block_ids, j * c, (j + 1) * c) for j in idx],
+                ))
+                st.saved_chunks = ready
+        return meta
+
+    def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, Optional[dict[str, Any]]]:
+        self._reqs.pop(request.request_id, None)
+        self._pending_lookup.pop(request.request_id, None)
+        return False, None
+
+    # ===================================================================== worker side
+    def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]):
+        self._kv_caches = dict(kv_caches)
+        self._layer_names = list(kv_caches)
+
+    def _layers(self, forward_context: "ForwardContext") -> dict[str, torch.Tensor]:
+        if self._kv_caches:
+            return self._kv_caches
+        layers = {}
+        for name, layer in forward_context.no_compile_layers.items():
+            kv = getattr(layer, "kv_cache", None)
+            if isinstance(kv, torch.Tensor):
+                layers[name] = kv
+            elif isinstance(kv, (list, tuple)) and kv and isinstance(kv[0], torch.Tensor):
+                layers[name] = kv[0]
+        self._kv_caches = layers
+        self._layer_names = list(layers)
+        return layers
+
+    def _chunk_shape(self, layer: torch.Tensor) -> tuple[int, ...]:
+        # CPU/GPU paged layout seen per layer: [num_blocks, num_kv_heads, block_size, C]
+        return (len(self._layer_names), self.chunk_tokens, layer.shape[1], layer.shape[3])
+
+    def start_load_kv(self, forward_context: "ForwardContext", **kwargs: Any) -> None:
+        meta = self._get_connector_metadata()
+        if not isinstance(meta, GreenCacheMeta) or not meta.loads:
+            return
+        layers = self._layers(forward_context)
+        if not layers:
+            return
+        first = next(iter(layers.values()))
+        shape = self._chunk_shape(first)
+        dtype = str(first.dtype).replace("torch.", "")
+        bs = self.block_size
+        for item in meta.loads:
+            values = self.store.get_many(item.keys, item.chunk_indices)
+            failed_from: Optional[int] = None
+            for n, (key, value) in enumerate(zip(item.keys, values)):
+                if failed_from is not None:
+                    break
+                try:
+                    if value is None:
+                        raise ChunkError("missing (evicted or tier down since lookup)")
+                    vdtype, vshape, payload = decode_chunk(self.ns, key, value, expect_shape=shape, expect_dtype=dtype)
+                    t = torch.frombuffer(bytearray(payload), dtype=torch.uint8).view(first.dtype).view(vshape)
+                except (ChunkError, RuntimeError, ValueError) as e:
+                    logger.warning("chunk %s unusable (%s): recomputing", key, e)
+                    if value is not None:
+                        self.store.invalidate([key])
+                    failed_from = n
+                    break
+                w = item.write_from[n]
+                slots = torch.tensor(item.slots[n][w:], dtype=torch.long)
+                blocks, offsets = slots // bs, slots % bs
+                for li, name in enumerate(self._layer_names):
+                    layers[name][blocks, :, offsets] = t[li, w:].to(layers[name].device)
+                self.loaded_chunks += 1
+            if failed_from is not None:
+                # Report every block of the failed chunk and all later ones of this request.
+                for n in range(failed_from, len(item.keys)):
+                    self.failed_chunks += 1
+                    self._load_errors.update(s // bs for s in item.slots[n][item.write_from[n]:])
+
+    def wait_for_layer_load(self, layer_name: str) -> None:
+        return
+
+    def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor, attn_metadata: Any, **kwargs: Any) -> None:
+        meta = self._get_connector_metadata()
+        if not isinstance(meta, GreenCacheMeta) or not meta.saves:
+            return
+        if not self._layer_names:
+            self._kv_caches = {}
+        bs = self.block_size
+        for item in meta.saves:
+            for key, slots in zip(item.keys, item.slots):
+                s = torch.tensor(slots, dtype=torch.long)
+                self._save_buf.setdefault(key, {})[layer_name] = kv_layer[s // bs, :, s % bs].detach().to("cpu", copy=True)
+
+    def wait_for_save(self):
+        meta = self._get_connector_metadata()
+        if not isinstance(meta, GreenCacheMeta) or not meta.saves:
+            self._save_buf.clear()
+            return
+        batch = []
+        for item in meta.saves:
+            for key, idx in zip(item.keys, item.chunk_indices):
+                per_layer = self._save_buf.pop(key, None)
+                if not per_layer:
+                    continue
+                names = self._layer_names or list(per_layer)
+                if not self._layer_names:
+                    self._layer_names = names
+                if any(n not in per_layer for n in names):
+                    continue  # incomplete (should not happen): skip rather than store garbage
+                batch.append((key, idx, torch.stack([per_layer[n] for n in names])))
+        self._save_buf.clear()
+        if batch:
+            try:
+                self._queue.put_nowait(batch)
+            except queue.Full:
+                self.dropped_saves += len(batch)
+
+    def _write_loop(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            items = []
+            for key, idx, t in batch:
+                t = t.contiguous()
+                payload = t.view(torch.uint8).numpy().tobytes()
+                items.append((key, encode_chunk(self.ns, key, str(t.dtype).replace("torch.", ""), tuple(t.shape), payload), idx))
+            try:
+                self.store.put_many(items)
+                self.saved_chunks += len(items)
+            except Exception:  # a store must never take the engine down
+                logger.exception("saving %d chunks failed", len(items))
+            self._maybe_write_stats()
+
+    def get_block_ids_with_load_errors(self) -> set[int]:
+        errors, self._load_errors = self._load_errors, set()
+        if errors or self.loaded_chunks:
+            self._maybe_write_stats()
+        return errors
+
+    # ======================================================================== stats
+    def connector_stats(self) -> dict:
+        return {"namespace": self.ns.id, "role": self._role.name, "loaded_chunks": self.loaded_chunks,
+                "saved_chunks": self.saved_chunks, "failed_chunks": self.failed_chunks,
+                "dropped_saves": self.dropped_saves, "chunk_tokens": self.chunk_tokens, "store": self.store.stats()}
+
+    def _maybe_write_stats(self, every_s: float = 1.0) -> None:
+        """Publish stats for the replica (the store lives in engine processes it can't call)."""
+        if self.stats_path is None or time.monotonic() - self._stats_written < every_s:
+            return
+        self._stats_written = time.monotonic()
+        try:
+            self.stats_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.stats_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.connector_stats()))
+            os.replace(tmp, self.stats_path)
+        except OSError:
+            pass
+
+    def shutdown(self):
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join(timeout=10)
+        self._maybe_write_stats(every_s=0)
+        self.store.close()
