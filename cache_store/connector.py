@@ -36,6 +36,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -61,6 +62,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger("greencache.connector")
 
 _TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+# Live connectors in this process (for in-process engines: tests, benchmarks, introspection).
+_INSTANCES: "weakref.WeakSet[GreenCacheConnector]"
+
+
+def instances() -> list["GreenCacheConnector"]:
+    return list(_INSTANCES)
 
 
 @dataclass
@@ -117,6 +125,9 @@ def namespace_for(vllm_config: "VllmConfig", chunk_tokens: int, rank: int = 0) -
     )
 
 
+_INSTANCES = weakref.WeakSet()
+
+
 class GreenCacheConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config: "VllmConfig", role: KVConnectorRole, kv_cache_config=None):
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
@@ -158,6 +169,7 @@ class GreenCacheConnector(KVConnectorBase_V1):
         if role == KVConnectorRole.WORKER:
             self._writer = threading.Thread(target=self._write_loop, name="greencache-kv-writer", daemon=True)
             self._writer.start()
+        _INSTANCES.add(self)
         logger.info("GreenCacheConnector %s: namespace %s, chunk %d tokens, tiers %s", role.name, self.ns.id,
                     self.chunk_tokens, [t.name for t in self.store.tiers])
 

@@ -51,13 +51,23 @@ class LLMReplica:
         from greencache.config import EngineConfig
 
         self.config = EngineConfig.model_validate(engine_config)
+        self.stats_dir = None
         try:
             self.replica_id = serve.get_replica_context().replica_id.unique_id
         except Exception:  # constructed outside Serve (unit use)
             self.replica_id = uuid.uuid4().hex[:8]
         _restore_engine_priority()
+        args = self.config.engine_args()
+        ktc = args.get("kv_transfer_config")
+        if ktc is not None:
+            # Each replica publishes its store stats in its own folder.
+            extra = dict(ktc["kv_connector_extra_config"])
+            if extra.get("stats_dir"):
+                extra["stats_dir"] = os.path.join(extra["stats_dir"], self.replica_id)
+                self.stats_dir = extra["stats_dir"]
+            args["kv_transfer_config"] = {**ktc, "kv_connector_extra_config": extra}
         t0 = time.monotonic()
-        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.config.engine_args()))
+        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
         logger.info("replica %s: engine ready in %.1fs", self.replica_id, time.monotonic() - t0)
 
     async def model_info(self) -> dict[str, Any]:
@@ -101,6 +111,21 @@ class LLMReplica:
                 chunk["cached_tokens"] = int(out.num_cached_tokens or 0)
                 chunk["stop_reason"] = comp.stop_reason
             yield chunk
+
+    async def store_stats(self) -> dict[str, Any]:
+        """KV-store stats published by this replica's engine processes (scheduler, worker)."""
+        import glob
+        import json
+
+        out: dict[str, Any] = {"replica_id": self.replica_id, "processes": []}
+        if self.stats_dir:
+            for path in sorted(glob.glob(os.path.join(self.stats_dir, "stats-*.json"))):
+                try:
+                    with open(path) as f:
+                        out["processes"].append(json.load(f))
+                except (OSError, ValueError):
+                    pass
+        return out
 
     async def health(self) -> dict[str, Any]:
         await self.engine.check_health()

@@ -37,6 +37,13 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         "--engine-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE",
         help="extra vLLM engine argument (JSON value), repeatable, e.g. max_num_seqs=32",
     )
+    p.add_argument("--kv-disk-path", default=None, help="disk (NVMe) tier directory (default ~/.greencache/kv-disk)")
+    p.add_argument("--kv-disk-gb", type=float, default=4.0, help="disk tier capacity in GB (0 = off)")
+    p.add_argument("--kv-memory-gb", type=float, default=0.0, help="per-engine DRAM tier in GB (0 = off)")
+    p.add_argument("--kv-redis-url", default=None, help="shared Redis tier URL (off by default)")
+    p.add_argument("--kv-redis-gb", type=float, default=1.0, help="Redis tier capacity in GB")
+    p.add_argument("--kv-chunk-tokens", type=int, default=256, help="tokens per stored KV chunk")
+    p.add_argument("--no-kv-store", action="store_true", help="serve without the shared KV store")
     p.add_argument(
         "--api-key", action="append", default=[],
         help="accepted bearer token, repeatable; also GREENCACHE_API_KEYS (comma-separated)",
@@ -44,7 +51,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def _serve_config(args: argparse.Namespace):
-    from greencache.config import ServeConfig
+    from greencache.config import KVStoreConfig, ServeConfig
 
     keys = list(args.api_key)
     env_keys = os.environ.get("GREENCACHE_API_KEYS", "")
@@ -58,6 +65,15 @@ def _serve_config(args: argparse.Namespace):
         max_model_len=args.max_model_len,
         engine_kwargs=dict(args.engine_arg),
         api_keys=keys,
+        kv_store=KVStoreConfig(
+            enabled=not args.no_kv_store,
+            chunk_tokens=args.kv_chunk_tokens,
+            memory_capacity_bytes=int(args.kv_memory_gb * 1e9),
+            disk_path=args.kv_disk_path,
+            disk_capacity_bytes=int(args.kv_disk_gb * 1e9),
+            redis_url=args.kv_redis_url,
+            redis_capacity_bytes=int(args.kv_redis_gb * 1e9),
+        ),
     )
 
 

@@ -36,6 +36,50 @@ def engine_env() -> dict[str, str]:
     return env
 
 
+class KVStoreConfig(BaseModel):
+    """The tiered prefix-KV store shared by engines (see cache_store/)."""
+
+    enabled: bool = Field(True, description="Attach the GreenCache KV connector to every engine.")
+    chunk_tokens: int = Field(256, ge=16, description="Tokens per stored chunk (multiple of vLLM's block size).")
+    memory_capacity_bytes: int = Field(0, ge=0, description="Per-process DRAM tier (bytes); 0 = no memory tier.")
+    disk_path: Optional[Path] = Field(None, description="Node-local disk (NVMe) tier directory; default <home>/kv-disk.")
+    disk_capacity_bytes: int = Field(4 << 30, ge=0, description="Disk tier limit (bytes on disk); 0 = no disk tier.")
+    redis_url: Optional[str] = Field(None, description="Shared Redis tier, e.g. redis://127.0.0.1:6379/0; None = off.")
+    redis_capacity_bytes: int = Field(1 << 30, ge=0, description="Redis tier limit enforced by the store (bytes).")
+    eviction: str = Field("lru", description="'lru' or 'cost-aware' for the memory and disk tiers.")
+
+    @field_validator("eviction")
+    @classmethod
+    def _eviction(cls, v: str) -> str:
+        if v not in ("lru", "cost-aware"):
+            raise ValueError(f"eviction must be 'lru' or 'cost-aware', got {v!r}")
+        return v
+
+    def spec(self, home: Path) -> dict[str, Any]:
+        """The plain dict passed to the connector (cache_store.store.build_store)."""
+        tiers: list[dict[str, Any]] = []
+        if self.memory_capacity_bytes:
+            tiers.append({"kind": "memory", "capacity_bytes": self.memory_capacity_bytes, "eviction": self.eviction})
+        if self.disk_capacity_bytes:
+            tiers.append({"kind": "disk", "path": str(self.disk_path or home / "kv-disk"),
+                          "capacity_bytes": self.disk_capacity_bytes, "eviction": self.eviction})
+        if self.redis_url:
+            tiers.append({"kind": "redis", "url": self.redis_url, "capacity_bytes": self.redis_capacity_bytes})
+        return {"chunk_tokens": self.chunk_tokens, "tiers": tiers,
+                "control_path": str(home / "kv-control.json"), "stats_dir": str(home / "kv-stats")}
+
+
+def kv_transfer_config(spec: dict[str, Any]) -> dict[str, Any]:
+    """vLLM kv_transfer_config that loads GreenCacheConnector with `spec`."""
+    return {
+        "kv_connector": "GreenCacheConnector",
+        "kv_connector_module_path": "cache_store.connector",
+        "kv_role": "kv_both",
+        "kv_load_failure_policy": "recompute",
+        "kv_connector_extra_config": spec,
+    }
+
+
 class EngineConfig(BaseModel):
     """What a replica needs to start its vLLM engine."""
 
@@ -49,6 +93,9 @@ class EngineConfig(BaseModel):
         default_factory=dict,
         description="Extra vLLM `AsyncEngineArgs` fields, e.g. {'max_num_seqs': 64}.",
     )
+    kv_store_spec: Optional[dict[str, Any]] = Field(
+        None, description="Store spec for GreenCacheConnector; None = no shared KV store."
+    )
 
     def engine_args(self) -> dict[str, Any]:
         args: dict[str, Any] = dict(
@@ -59,6 +106,8 @@ class EngineConfig(BaseModel):
         )
         if self.max_model_len is not None:
             args["max_model_len"] = self.max_model_len
+        if self.kv_store_spec is not None and self.kv_store_spec.get("tiers"):
+            args["kv_transfer_config"] = kv_transfer_config(self.kv_store_spec)
         args.update(self.engine_kwargs)
         return args
 
@@ -115,6 +164,7 @@ class ServeConfig(BaseModel):
         4 * 1024 * 1024, ge=1024, description="Largest request body accepted (bytes)."
     )
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    kv_store: KVStoreConfig = Field(default_factory=KVStoreConfig)
     home: Path = Field(DEFAULT_HOME, description="Where the demo model and state live.")
 
     @field_validator("host")
@@ -155,4 +205,5 @@ class ServeConfig(BaseModel):
             served_model_name=name,
             max_model_len=self.max_model_len,
             engine_kwargs=self.engine_kwargs,
+            kv_store_spec=self.kv_store.spec(Path(self.home)) if self.kv_store.enabled else None,
         )

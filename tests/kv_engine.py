@@ -1,0 +1,108 @@
+"""A real vLLM engine with GreenCacheConnector in a subprocess, driven line by line.
+
+Tests start one (`KVEngine(spec)`), call `generate` / `stats`, change the store underneath
+(corrupt files, kill Redis, shrink capacity) and call again. vLLM's own prefix cache is off, so
+every reuse goes through the connector and the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+MARK = "@@GC@@"
+
+
+class KVEngine:
+    def __init__(self, model: str, spec: dict, *, max_model_len: int = 4096, namespace_model: str | None = None):
+        env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1",
+                   VLLM_NO_USAGE_STATS="1", TOKENIZERS_PARALLELISM="false")
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(0, (os.cpu_count() or 1) - 1)}")
+        env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        args = {"model": model, "spec": spec, "max_model_len": max_model_len, "namespace_model": namespace_model}
+        self.proc = subprocess.Popen([sys.executable, __file__, json.dumps(args)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+                                     cwd=str(Path(__file__).resolve().parents[1]))
+        self._call({"op": "ping"})
+
+    def _call(self, msg: dict) -> dict:
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"engine process exited with {self.proc.wait()}")
+            if line.startswith(MARK):
+                out = json.loads(line[len(MARK):])
+                if "error" in out:
+                    raise RuntimeError(out["error"])
+                return out
+
+    def generate(self, prompts: list[list[int]], max_tokens: int = 12) -> list[dict]:
+        return self._call({"op": "generate", "prompts": prompts, "max_tokens": max_tokens})["outputs"]
+
+    def stats(self) -> dict:
+        """Worker-side connector stats (loads, saves, failures, store tiers)."""
+        return self._call({"op": "stats"})
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self._call({"op": "exit"})
+            except Exception:
+                pass
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _serve(args: dict) -> None:
+    import time
+    import traceback
+
+    sys.path.insert(0, os.getcwd())
+    from vllm import LLM, SamplingParams
+
+    from greencache.config import kv_transfer_config
+
+    spec = dict(args["spec"])
+    if args.get("namespace_model"):
+        spec["namespace_model"] = args["namespace_model"]
+    llm = LLM(model=args["model"], enforce_eager=True, max_model_len=args["max_model_len"],
+              enable_prefix_caching=False, seed=0, kv_transfer_config=kv_transfer_config(spec))
+    from cache_store import connector
+
+    def reply(obj):
+        sys.stdout.write(MARK + json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    for line in sys.stdin:
+        msg = json.loads(line)
+        try:
+            if msg["op"] == "ping":
+                reply({"ok": True})
+            elif msg["op"] == "exit":
+                reply({"ok": True})
+                break
+            elif msg["op"] == "generate":
+                sp = SamplingParams(max_tokens=msg["max_tokens"], temperature=0, ignore_eos=True, logprobs=0)
+                outs = llm.generate([{"prompt_token_ids": p} for p in msg["prompts"]], sp, use_tqdm=False)
+                time.sleep(0.3)  # let the background writer flush this batch's saves
+                reply({"outputs": [{
+                    "token_ids": list(o.outputs[0].token_ids),
+                    "logprobs": [lp[t].logprob for lp, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)],
+                    "num_cached_tokens": o.num_cached_tokens,
+                } for o in outs]})
+            elif msg["op"] == "stats":
+                workers = [c for c in connector.instances() if c._role.name == "WORKER"]
+                reply(workers[0].connector_stats())
+        except Exception:
+            reply({"error": traceback.format_exc()})
+
+
+if __name__ == "__main__":
+    _serve(json.loads(sys.argv[1]))
