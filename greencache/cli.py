@@ -124,6 +124,8 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "serve":
         from benchmarks.bench_serve import main as bench_main
+    elif args.what == "store":
+        from benchmarks.bench_store import main as bench_main
     else:
         print(f"unknown benchmark {args.what!r}", file=sys.stderr)
         return 2
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_demo_model)
 
     p = sub.add_parser("bench", help="run a benchmark (prints JSON and a table)")
-    p.add_argument("what", choices=["serve"])
+    p.add_argument("what", choices=["serve", "store"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
 
