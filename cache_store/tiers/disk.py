@@ -51,9 +51,20 @@ class DiskTier(LocalTier):
         self._evict_until(self.capacity_bytes)
 
     def _read(self, key: str) -> Optional[bytes]:
+        # The index knows the size: one unbuffered read of exactly that many bytes (+1 to
+        # notice a file that grew); no fstat, no buffered-reader copy.
+        size = self.index.get(key, 0)
         try:
-            with open(self.path / _filename(key), "rb") as f:
-                return f.read()
+            fd = os.open(self.path / _filename(key), os.O_RDONLY)
+            try:
+                data = os.read(fd, size + 1) if size else b""
+                if len(data) != size:  # rewritten or truncated underneath us: read it whole
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    with os.fdopen(os.dup(fd), "rb") as f:
+                        data = f.read()
+                return data
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             return None
         except OSError as e:
