@@ -81,6 +81,10 @@ class OpenAIIngress:
         self.vocab_size = len(self.tokenizer)
         self.created = int(time.time())
         self.metrics = ServingMetrics()
+        from deployments.stats_hub import StoreMetricsCollector
+
+        self.store_metrics = StoreMetricsCollector()
+        self.metrics.registry.register(self.store_metrics)
 
     # ---- plumbing -------------------------------------------------------------------
 
@@ -290,6 +294,12 @@ class OpenAIIngress:
 
     @app.get("/metrics")
     async def metrics(self) -> Response:
+        try:
+            from deployments.stats_hub import get_or_create_hub
+
+            self.store_metrics.snapshot = await asyncio.wait_for(get_or_create_hub().snapshot.remote(), timeout=2)
+        except Exception:  # keep serving the serving metrics; store metrics stay at last value
+            logger.debug("stats hub unavailable", exc_info=True)
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models")

@@ -69,6 +69,27 @@ class LLMReplica:
         t0 = time.monotonic()
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
         logger.info("replica %s: engine ready in %.1fs", self.replica_id, time.monotonic() - t0)
+        self._publisher = None
+        if self.stats_dir:
+            import asyncio
+
+            self._publisher = asyncio.get_event_loop().create_task(self._publish_store_stats())
+
+    async def _publish_store_stats(self, every_s: float = 2.0) -> None:
+        """Push this replica's store stats to the StatsHub (for /metrics and the autoscaler)."""
+        import asyncio
+
+        from deployments.stats_hub import get_or_create_hub
+
+        hub = None
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                hub = hub or get_or_create_hub()
+                hub.report.remote(self.replica_id, await self.store_stats())
+            except Exception:  # a missing hub must never hurt serving
+                hub = None
+                logger.debug("store stats publish failed", exc_info=True)
 
     async def model_info(self) -> dict[str, Any]:
         """What the ingress needs to validate requests: context window and model name."""

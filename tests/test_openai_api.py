@@ -116,3 +116,25 @@ def test_health_and_metrics(client, greencache_server):
     assert value("greencache_generation_tokens_total") > 0
     assert "greencache_prefix_cache_hit_tokens_total" in text
     assert 'greencache_requests_total{endpoint="/v1/completions",status="200"}' in text
+
+
+def test_store_metrics_exposed(client, greencache_server):
+    # Long prompts are saved to the (default) disk tier; replicas publish store stats every
+    # 2 s, and /metrics renders them per replica, process role and tier.
+    import time
+
+    for i in range(2):
+        client.completions.create(model=greencache_server.model, prompt=list(range(1000 + i, 1600 + i)), max_tokens=2)
+    deadline = time.monotonic() + 20
+    text = ""
+    while time.monotonic() < deadline:
+        text = httpx.get(greencache_server.url + "/metrics", timeout=30).text
+        saved = sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+                    if l.startswith("greencache_kv_saved_chunks_total"))
+        if saved >= 4:
+            break
+        time.sleep(1)
+    assert saved >= 4, text[-2000:]
+    assert 'greencache_kv_tier_capacity_bytes{' in text and 'tier="disk"' in text
+    assert "greencache_kv_lookup_chunks_total" in text
+    assert "greencache_kv_embodied_carbon_kg_total" in text
