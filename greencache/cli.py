@@ -126,6 +126,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from benchmarks.bench_serve import main as bench_main
     elif args.what == "store":
         from benchmarks.bench_store import main as bench_main
+    elif args.what == "kv-reuse":
+        from benchmarks.bench_kv_reuse import main as bench_main
     else:
         print(f"unknown benchmark {args.what!r}", file=sys.stderr)
         return 2
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_demo_model)
 
     p = sub.add_parser("bench", help="run a benchmark (prints JSON and a table)")
-    p.add_argument("what", choices=["serve", "store"])
+    p.add_argument("what", choices=["serve", "store", "kv-reuse"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
 

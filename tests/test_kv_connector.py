@@ -18,7 +18,7 @@ import pytest
 
 from cache_store.format import Namespace, chunk_keys, decode_chunk, encode_chunk
 from cache_store.redis_server import RedisServer
-from kv_engine import KVEngine
+from cache_store.engine_harness import KVEngine
 
 CHUNK = 256
 # bf16 noise: a hit prefills only the suffix, so matmul shapes (and rounding) differ from the

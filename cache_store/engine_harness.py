@@ -1,8 +1,9 @@
 """A real vLLM engine with GreenCacheConnector in a subprocess, driven line by line.
 
-Tests start one (`KVEngine(spec)`), call `generate` / `stats`, change the store underneath
-(corrupt files, kill Redis, shrink capacity) and call again. vLLM's own prefix cache is off, so
-every reuse goes through the connector and the store.
+Tests and `greencache bench kv-reuse` start one (`KVEngine(model, spec)`), call `generate` /
+`timed_generate` / `stats`, change the store underneath (corrupt files, kill Redis, shrink
+capacity) and call again. vLLM's own prefix cache is off, so every reuse goes through the
+connector and the store.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class KVEngine:
         self.proc = subprocess.Popen([sys.executable, __file__, json.dumps(args)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
                                      cwd=str(Path(__file__).resolve().parents[1]))
+        # ^ the repository root, so `cache_store` and `greencache` import in the child
         self._call({"op": "ping"})
 
     def _call(self, msg: dict) -> dict:
@@ -43,6 +45,11 @@ class KVEngine:
 
     def generate(self, prompts: list[list[int]], max_tokens: int = 12) -> list[dict]:
         return self._call({"op": "generate", "prompts": prompts, "max_tokens": max_tokens})["outputs"]
+
+    def timed_generate(self, prompt: list[int], max_tokens: int = 1) -> tuple[float, dict]:
+        """Wall seconds for one request (with max_tokens=1: time to first token) and its output."""
+        out = self._call({"op": "timed", "prompt": prompt, "max_tokens": max_tokens})
+        return out["seconds"], out["output"]
 
     def stats(self) -> dict:
         """Worker-side connector stats (loads, saves, failures, store tiers)."""
@@ -97,6 +104,14 @@ def _serve(args: dict) -> None:
                     "logprobs": [lp[t].logprob for lp, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)],
                     "num_cached_tokens": o.num_cached_tokens,
                 } for o in outs]})
+            elif msg["op"] == "timed":
+                sp = SamplingParams(max_tokens=msg["max_tokens"], temperature=0, ignore_eos=True)
+                t0 = time.perf_counter()
+                o = llm.generate([{"prompt_token_ids": msg["prompt"]}], sp, use_tqdm=False)[0]
+                seconds = time.perf_counter() - t0
+                time.sleep(0.3)  # let the background writer flush saves before the next call
+                reply({"seconds": seconds, "output": {"token_ids": list(o.outputs[0].token_ids),
+                                                      "num_cached_tokens": o.num_cached_tokens}})
             elif msg["op"] == "stats":
                 workers = [c for c in connector.instances() if c._role.name == "WORKER"]
                 reply(workers[0].connector_stats())

@@ -1,0 +1,110 @@
+"""`greencache bench kv-reuse`: TTFT of a long prompt, cold vs loaded from each store tier.
+
+For each tier (disk, Redis) a fresh engine with only that tier (vLLM's own prefix cache off,
+so reuse goes through the store): a warm-up prompt, then for each of `--prompts` fresh
+~`--prompt-tokens`-token prompts, TTFT cold (max_tokens=1, the chunks get saved) and TTFT again
+(chunks loaded from the tier). Reported per tier: median cold and hit TTFT and the speedup, and
+whether a 16-token greedy continuation after a hit equals the cold one. Target: speedup >= 3x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+
+def _prompt(seed: int, n: int, vocab: int) -> list[int]:
+    r = random.Random(seed)
+    return [r.randrange(10, vocab) for _ in range(n)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="greencache bench kv-reuse", description=__doc__)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--model", default=None, help="model directory (default: the demo model)")
+    p.add_argument("--prompt-tokens", type=int, default=4000)
+    p.add_argument("--prompts", type=int, default=3)
+    p.add_argument("--tiers", default="disk,redis")
+    args = p.parse_args(argv)
+
+    from transformers import AutoTokenizer
+
+    from cache_store.engine_harness import KVEngine
+    from cache_store.redis_server import RedisServer
+    from greencache.config import ServeConfig
+
+    model = args.model or ServeConfig().resolved_model()[0]
+    vocab = len(AutoTokenizer.from_pretrained(model))
+    work = Path(tempfile.mkdtemp(prefix="gc-kv-reuse-"))
+    results = {}
+    redis = None
+    try:
+        for ti, tier in enumerate(args.tiers.split(",")):
+            if tier == "disk":
+                tiers = [{"kind": "disk", "path": str(work / "disk"), "capacity_bytes": 8 << 30}]
+            elif tier == "redis":
+                redis = redis or RedisServer()
+                tiers = [{"kind": "redis", "url": redis.url, "capacity_bytes": 8 << 30}]
+            else:
+                raise SystemExit(f"unknown tier {tier!r}")
+            eng = KVEngine(model, {"chunk_tokens": 256, "tiers": tiers}, max_model_len=max(8192, args.prompt_tokens + 64))
+            try:
+                eng.timed_generate(_prompt(999 + ti, args.prompt_tokens, vocab))  # warm-up
+                cold, hit, cached = [], [], []
+                for i in range(args.prompts):
+                    pr = _prompt(1000 * (ti + 1) + i, args.prompt_tokens, vocab)
+                    c, _ = eng.timed_generate(pr)
+                    h, out = eng.timed_generate(pr)
+                    cold.append(c)
+                    hit.append(h)
+                    cached.append(out["num_cached_tokens"])
+                    print(f"[kv-reuse] {tier}: cold {c:.3f}s hit {h:.3f}s cached {out['num_cached_tokens']}",
+                          file=sys.stderr, flush=True)
+                pr = _prompt(5000 + ti, args.prompt_tokens, vocab)
+                ref = eng.generate([pr], max_tokens=16)[0]
+                again = eng.generate([pr], max_tokens=16)[0]
+                st = eng.stats()
+            finally:
+                eng.close()
+            results[tier] = {
+                "ttft_cold_s": statistics.median(cold),
+                "ttft_hit_s": statistics.median(hit),
+                "speedup": statistics.median(cold) / statistics.median(hit),
+                "cached_tokens": statistics.median(cached),
+                "outputs_identical": ref["token_ids"] == again["token_ids"] and again["num_cached_tokens"] > 0,
+                "loaded_chunks": st["loaded_chunks"],
+                "failed_chunks": st["failed_chunks"],
+            }
+    finally:
+        if redis:
+            redis.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    out = {
+        "prompt_tokens": args.prompt_tokens,
+        "model": model,
+        "ttft_cold_s": statistics.median(r["ttft_cold_s"] for r in results.values()),
+        "ttft_hit_s": {t: r["ttft_hit_s"] for t, r in results.items()},
+        "speedup": {t: r["speedup"] for t, r in results.items()},
+        "outputs_identical": all(r["outputs_identical"] for r in results.values()),
+        "tiers": results,
+        "target_speedup_min": 3.0,
+    }
+    rows = [("tier", "TTFT cold s", "TTFT hit s", "speedup", "cached tokens", "identical")]
+    for t, r in results.items():
+        rows.append((t, f"{r['ttft_cold_s']:.3f}", f"{r['ttft_hit_s']:.3f}", f"{r['speedup']:.1f}x",
+                     f"{r['cached_tokens']:.0f}", str(r["outputs_identical"])))
+    w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print("\n".join("  ".join(x.ljust(k) for x, k in zip(r, w)) for r in rows), file=sys.stderr)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
