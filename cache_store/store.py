@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -52,6 +53,19 @@ class KVStore:
         self.load_s = 0.0
         self.save_s = 0.0
         self.poll_control(force=True)
+        self._stop = threading.Event()
+        self._poller: Optional[threading.Thread] = None
+        if self.control_path is not None and control_poll_s > 0:
+            # Apply capacity changes within `control_poll_s` even when no request arrives.
+            self._poller = threading.Thread(target=self._poll_loop, name="greencache-store-control", daemon=True)
+            self._poller.start()
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.control_poll_s):
+            try:
+                self.poll_control()
+            except Exception:  # never let the control loop die on a bad file or tier error
+                logger.exception("store control poll failed")
 
     def tier(self, name: str):
         for t in self.tiers:
@@ -173,6 +187,7 @@ class KVStore:
         }
 
     def close(self) -> None:
+        self._stop.set()
         for t in self.tiers:
             t.close()
 

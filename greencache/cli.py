@@ -40,7 +40,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-disk-path", default=None, help="disk (NVMe) tier directory (default ~/.greencache/kv-disk)")
     p.add_argument("--kv-disk-gb", type=float, default=4.0, help="disk tier capacity in GB (0 = off)")
     p.add_argument("--kv-memory-gb", type=float, default=0.0, help="per-engine DRAM tier in GB (0 = off)")
-    p.add_argument("--kv-redis-url", default=None, help="shared Redis tier URL (off by default)")
+    p.add_argument("--kv-redis-url", default=None, help="shared Redis tier URL, or 'local' to start our own redis-server (off by default)")
     p.add_argument("--kv-redis-gb", type=float, default=1.0, help="Redis tier capacity in GB")
     p.add_argument("--kv-chunk-tokens", type=int, default=256, help="tokens per stored KV chunk")
     p.add_argument("--no-kv-store", action="store_true", help="serve without the shared KV store")

@@ -54,12 +54,32 @@ def start_local_ray(num_cpus: Optional[int] = None) -> None:
     )
 
 
+_owned_redis = None
+
+
+def _maybe_start_owned_redis(config: ServeConfig) -> ServeConfig:
+    """`kv_store.redis_url == "local"`: start our own redis-server on a free loopback port with
+    `maxmemory` (capacity + 25% for bookkeeping) and allkeys-lru as a backstop to the store's
+    own limit; it is stopped with the deployment."""
+    global _owned_redis
+    if config.kv_store.redis_url != "local":
+        return config
+    from cache_store.redis_server import RedisServer
+
+    cap = config.kv_store.redis_capacity_bytes
+    _owned_redis = RedisServer(maxmemory_bytes=int(cap * 1.25) + (64 << 20))
+    kv = config.kv_store.model_copy(update={"redis_url": _owned_redis.url})
+    logger.info("started redis-server for the KV store at %s", _owned_redis.url)
+    return config.model_copy(update={"kv_store": kv})
+
+
 def start_serve(config: ServeConfig, *, autoscaling_config: Optional[dict] = None) -> str:
     """Deploy the GreenCache app; returns the base URL once every replica is ready."""
     from ray import serve
 
     from deployments.app import APP_NAME, build_app
 
+    config = _maybe_start_owned_redis(config)
     start_local_ray()
     serve.start(http_options={"host": config.host, "port": config.port})
     t0 = time.monotonic()
@@ -104,6 +124,10 @@ def stop_all(timeout_s: float = 60.0) -> None:
         if t.is_alive():
             logger.warning("serve.shutdown did not finish in %.0fs; stopping Ray anyway", timeout_s)
         ray.shutdown()
+    global _owned_redis
+    if _owned_redis is not None:
+        _owned_redis.stop()
+        _owned_redis = None
     alive = [p for p in descendants if p.is_running()]
     for p in alive:
         try:

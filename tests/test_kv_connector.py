@@ -196,3 +196,22 @@ def test_shrinking_disk_capacity_evicts_and_respects_limit(engines):
     assert used <= limit
     st = a.stats()["store"]["tiers"]["disk"]
     assert st["capacity_bytes"] == limit and st["evictions"] > 0
+
+
+def test_restarted_engine_reuses_its_disk_tier(demo_model, tmp_path):
+    spec = {"chunk_tokens": CHUNK, "tiers": [{"kind": "disk", "path": str(tmp_path / "disk"), "capacity_bytes": 1 << 30}]}
+    p = prompt(77, 900)
+    first = KVEngine(str(demo_model), spec)
+    try:
+        cold = first.generate([p])[0]
+        assert cold["num_cached_tokens"] == 0
+    finally:
+        first.close()
+    second = KVEngine(str(demo_model), spec)  # a new process: only the files remain
+    try:
+        hit = second.generate([p])[0]
+        assert hit["num_cached_tokens"] == 3 * CHUNK
+        _same(hit, cold)
+        assert second.stats()["store"]["tiers"]["disk"]["hits"] >= 3
+    finally:
+        second.close()

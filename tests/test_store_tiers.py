@@ -176,3 +176,32 @@ def test_cost_aware_tier_keeps_valuable_chunks(tmp_path):
     t.put_many([("ns:a", b"a" * 10 * KB, 0), ("ns:b", b"b" * 10 * KB, 20), ("ns:c", b"c" * 10 * KB, 40)])
     t.put_many([("ns:d", b"d" * 10 * KB, 10)])
     assert t.contains_many(["ns:a", "ns:b", "ns:c", "ns:d"]) == [False, True, True, True]
+
+
+def test_capacity_shrink_applies_without_traffic(tmp_path):
+    import json
+    import time
+
+    mem = MemoryTier(1000 * KB)
+    ctl = tmp_path / "control.json"
+    store = KVStore([mem], control_path=str(ctl), control_poll_s=0.1)
+    try:
+        store.put_many(items(20))
+        ctl.write_text(json.dumps({"capacity_bytes": {"memory": 40 * KB}}))
+        deadline = time.monotonic() + 5
+        while mem.used_bytes > 40 * KB and time.monotonic() < deadline:
+            time.sleep(0.05)  # no put or lookup: the control thread must apply it
+        assert mem.capacity_bytes == 40 * KB and mem.used_bytes <= 40 * KB
+    finally:
+        store.close()
+
+
+def test_owned_redis_has_maxmemory_backstop():
+    server = RedisServer(maxmemory_bytes=64 << 20)
+    try:
+        r = redis.Redis.from_url(server.url)
+        assert r.config_get("maxmemory")["maxmemory"] == str(64 << 20)
+        assert r.config_get("maxmemory-policy")["maxmemory-policy"] == "allkeys-lru"
+        assert r.config_get("save")["save"] == ""
+    finally:
+        server.stop()
