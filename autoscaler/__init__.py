@@ -1,0 +1,1 @@
+"""Carbon autoscaler: carbon and performance models, carbon-intensity sources, the MILP planner."""

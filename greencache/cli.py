@@ -128,10 +128,52 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from benchmarks.bench_store import main as bench_main
     elif args.what == "kv-reuse":
         from benchmarks.bench_kv_reuse import main as bench_main
+    elif args.what == "planner":
+        from benchmarks.bench_planner import main as bench_main
     else:
         print(f"unknown benchmark {args.what!r}", file=sys.stderr)
         return 2
     return bench_main(args.rest)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from autoscaler.carbon_sources import TraceSource
+    from autoscaler.planner import PlanInfeasible, plan
+    from autoscaler.scenario import build_problem
+
+    try:
+        start = datetime.fromisoformat(args.start).replace(tzinfo=timezone.utc)
+    except ValueError:
+        print(f"greencache plan: --start {args.start!r} is not an ISO time like 2023-06-01T00:00", file=sys.stderr)
+        return 2
+    source = TraceSource(args.trace) if args.trace else TraceSource.grid(args.grid)
+    problem = build_problem(source, start, args.hours, max_replicas=args.max_replicas,
+                            carbon_budget_g=args.budget_g)
+    try:
+        out = plan(problem, time_limit_s=args.time_limit)
+    except PlanInfeasible as e:
+        print(f"greencache plan: infeasible: {e}", file=sys.stderr)
+        return 1
+    slots = [{"slot": t, "time": (start + __import__("datetime").timedelta(hours=t)).isoformat(),
+              "carbon_intensity_g_per_kwh": problem.intensity[t], "arrival_rps": problem.arrival_rps[t],
+              "replicas": out.replicas[t], "cache": problem.caches[out.cache[t]].name,
+              "cache_capacity_gb": problem.caches[out.cache[t]].capacity_gb,
+              "hit_ratio": problem.caches[out.cache[t]].hit_ratio} for t in range(problem.T)]
+    result = {"grid": args.grid, "start": start.isoformat(), "hours": args.hours, "method": out.method,
+              "optimal": out.optimal, "gap": out.gap, "objective_g": out.objective_g,
+              "dp_objective_g": out.dp_objective_g, "solve_s": out.solve_s, "reason": out.reason,
+              "breakdown": out.breakdown, "slots": slots}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{'time':25s} {'CI g/kWh':>9s} {'req/s':>6s} {'replicas':>8s} {'cache':>8s}")
+        for s in slots:
+            print(f"{s['time']:25s} {s['carbon_intensity_g_per_kwh']:9.1f} {s['arrival_rps']:6.2f} "
+                  f"{s['replicas']:8d} {s['cache']:>8s}")
+        print(f"objective {out.objective_g:.1f} g (DP {out.dp_objective_g:.1f} g), {out.method}, {out.solve_s:.3f} s")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,8 +192,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hidden", type=int, default=256)
     p.set_defaults(func=cmd_demo_model)
 
+    p = sub.add_parser("plan", help="plan replicas and cache capacity over a carbon trace (MILP)")
+    p.add_argument("--grid", default="FR", help="bundled grid: FR, DE, US-CAL-CISO, US-MIDA-PJM, US-TEX-ERCO, IN-WE")
+    p.add_argument("--trace", default=None, help="an Electricity Maps hourly CSV instead of a bundled grid")
+    p.add_argument("--start", default="2023-06-01T00:00", help="UTC start, ISO format")
+    p.add_argument("--hours", type=int, default=24)
+    p.add_argument("--max-replicas", type=int, default=None)
+    p.add_argument("--budget-g", type=float, default=None, help="carbon budget over the horizon (g)")
+    p.add_argument("--time-limit", type=float, default=5.0, help="solver time limit (s)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
+
     p = sub.add_parser("bench", help="run a benchmark (prints JSON and a table)")
-    p.add_argument("what", choices=["serve", "store", "kv-reuse"])
+    p.add_argument("what", choices=["serve", "store", "kv-reuse", "planner"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
 
