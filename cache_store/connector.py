@@ -359,7 +359,13 @@ class GreenCacheConnector(KVConnectorBase_V1):
 
     def _write_loop(self) -> None:
         while True:
-            batch = self._queue.get()
+            try:
+                batch = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                # Idle: still publish, so capacity changes and evictions show while no
+                # request arrives.
+                self._maybe_write_stats()
+                continue
             if batch is None:
                 return
             items = []

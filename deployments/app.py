@@ -56,6 +56,8 @@ def build_app(config: ServeConfig, *, autoscaling_config: Optional[dict] = None)
         health_check_timeout_s=60,
         graceful_shutdown_timeout_s=5,
     )
+    if autoscaling_config is None and config.autoscaler.enabled:
+        autoscaling_config = plan_following_autoscaling(config)
     if autoscaling_config is not None:
         replica_options["autoscaling_config"] = autoscaling_config
     else:
@@ -78,6 +80,33 @@ def build_app(config: ServeConfig, *, autoscaling_config: Optional[dict] = None)
         config.routing.model_dump(),
     )
     return ingress
+
+
+def plan_paths(config: ServeConfig) -> tuple[str, str]:
+    """(state dir, plan file) the autoscaler writes and the Serve policy reads."""
+    import os
+
+    state = config.autoscaler.state_dir or os.path.join(str(config.home), "autoscaler")
+    return state, config.autoscaler.plan_path or os.path.join(state, "plan.json")
+
+
+def plan_following_autoscaling(config: ServeConfig) -> dict:
+    """Serve autoscaling config whose policy follows the carbon plan (see autoscaling_policy.py)."""
+    a = config.autoscaler
+    _, plan_path = plan_paths(config)
+    initial = max(a.min_replicas, min(a.max_replicas, config.num_replicas))
+    return {
+        "min_replicas": a.min_replicas,
+        "max_replicas": a.max_replicas,
+        "initial_replicas": initial,
+        "upscale_delay_s": 0,
+        "downscale_delay_s": 5,
+        "policy": {
+            "policy_function": "deployments.autoscaling_policy:PlanFollowingPolicy",
+            "policy_kwargs": {"plan_path": plan_path,
+                              "burst_ongoing_per_replica": float(config.max_ongoing_requests)},
+        },
+    }
 
 
 def _ingress_app():

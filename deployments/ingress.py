@@ -85,6 +85,21 @@ class OpenAIIngress:
 
         self.store_metrics = StoreMetricsCollector()
         self.metrics.registry.register(self.store_metrics)
+        self.requests_total = 0  # generation requests accepted (the autoscaler's load signal)
+        self._publisher = asyncio.get_event_loop().create_task(self._publish_load())
+
+    async def _publish_load(self, every_s: float = 2.0) -> None:
+        """Push the accepted-request count to the StatsHub; the autoscaler derives the rate."""
+        from deployments.stats_hub import get_or_create_hub
+
+        hub = None
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                hub = hub or get_or_create_hub()
+                hub.report.remote("__ingress__", {"time": time.time(), "requests_total": self.requests_total})
+            except Exception:
+                hub = None
 
     # ---- plumbing -------------------------------------------------------------------
 
@@ -180,6 +195,7 @@ class OpenAIIngress:
         render_final,  # (text, finish_reason, usage) -> dict response body
         arrival: float,
     ) -> Response:
+        self.requests_total += 1
         gen = self.llm_stream.generate.remote(engine_req)
         it = gen.__aiter__()
         try:

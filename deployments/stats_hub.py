@@ -4,7 +4,7 @@ The store lives inside vLLM's engine processes, which neither the ingress nor th
 can call; each replica reads its engine processes' stats files and pushes them here every few
 seconds. `/metrics` renders the latest snapshot (`StoreMetricsCollector`), and the autoscaler
 observes the same snapshot. Entries older than `stale_after_s` (a replica that went away) are
-dropped. Never blocking serving: pushes are fire-and-forget, reads have timeouts.
+dropped (publishers push every 2 s). Never blocking serving: pushes are fire-and-forget, reads have timeouts.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ HUB_NAMESPACE = "greencache"
 
 @ray.remote(num_cpus=0)
 class StatsHub:
-    def __init__(self, stale_after_s: float = 60.0) -> None:
+    def __init__(self, stale_after_s: float = 10.0) -> None:
         self._stats: dict[str, tuple[float, dict]] = {}
         self.stale_after_s = stale_after_s
 
@@ -75,7 +75,22 @@ class StoreMetricsCollector:
             "capacity_bytes": fam("gauge", "greencache_kv_tier_capacity_bytes", "Capacity limit per tier (bytes).", ["replica", "role", "tier"]),
             "used_bytes": fam("gauge", "greencache_kv_tier_used_bytes", "Bytes used per tier.", ["replica", "role", "tier"]),
         }
+        auto = [
+            ("carbon_intensity_g_per_kwh", "greencache_autoscaler_carbon_intensity_g_per_kwh", "Grid intensity the last plan used (g/kWh)."),
+            ("target_replicas", "greencache_autoscaler_target_replicas", "Replica target of the current plan."),
+            ("capacity_gb", "greencache_autoscaler_cache_capacity_gb", "Disk-tier capacity of the current plan (GB)."),
+            ("operational_g", "greencache_autoscaler_operational_carbon_g", "Predicted operational carbon so far (g)."),
+            ("embodied_g", "greencache_autoscaler_embodied_carbon_g", "Predicted embodied carbon so far (g)."),
+        ]
+        a = self.snapshot.get("__autoscaler__")
+        if a:
+            for key, name, doc in auto:
+                g = GaugeMetricFamily(name, doc)
+                g.add_metric([], float(a.get(key, 0) or 0))
+                yield g
         for replica, rep in self.snapshot.items():
+            if replica.startswith("__"):
+                continue
             for p in rep.get("processes", []):
                 role = str(p.get("role", "?")).lower()
                 store = p.get("store", {})

@@ -44,6 +44,12 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-redis-gb", type=float, default=1.0, help="Redis tier capacity in GB")
     p.add_argument("--kv-chunk-tokens", type=int, default=256, help="tokens per stored KV chunk")
     p.add_argument("--no-kv-store", action="store_true", help="serve without the shared KV store")
+    p.add_argument("--no-autoscaler", action="store_true", help="fixed replica count, no carbon autoscaler")
+    p.add_argument("--grid", default="FR", help="carbon-intensity grid the autoscaler follows (bundled trace)")
+    p.add_argument("--max-replicas", type=int, default=2, help="most replicas the autoscaler may run")
+    p.add_argument("--autoscaler-interval", type=float, default=30.0, help="seconds between planning cycles")
+    p.add_argument("--trace-hours-per-interval", type=float, default=1.0,
+                   help="demo speed-up: trace hours per planning cycle (0 = real time)")
     p.add_argument(
         "--api-key", action="append", default=[],
         help="accepted bearer token, repeatable; also GREENCACHE_API_KEYS (comma-separated)",
@@ -51,6 +57,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def _serve_config(args: argparse.Namespace):
+    from autoscaler.actor import AutoscalerConfig
     from greencache.config import KVStoreConfig, ServeConfig
 
     keys = list(args.api_key)
@@ -73,6 +80,14 @@ def _serve_config(args: argparse.Namespace):
             disk_capacity_bytes=int(args.kv_disk_gb * 1e9),
             redis_url=args.kv_redis_url,
             redis_capacity_bytes=int(args.kv_redis_gb * 1e9),
+        ),
+        autoscaler=AutoscalerConfig(
+            enabled=not args.no_autoscaler,
+            grid=args.grid,
+            min_replicas=1,
+            max_replicas=max(args.max_replicas, args.replicas),
+            interval_s=args.autoscaler_interval,
+            trace_hours_per_interval=args.trace_hours_per_interval,
         ),
     )
 
@@ -136,6 +151,36 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args.rest)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Read the running deployment's state from its files (no Ray connection needed)."""
+    from pathlib import Path
+
+    from greencache.config import DEFAULT_HOME
+
+    home = Path(args.home or DEFAULT_HOME)
+    last = home / "autoscaler" / "last.json"
+    if not last.exists():
+        print(f"greencache status: no autoscaler state under {home} (is `greencache serve` running?)", file=sys.stderr)
+        return 1
+    rec = json.loads(last.read_text())
+    out = {
+        "trace_time": rec["trace_time"], "grid": rec.get("grid"),
+        "carbon_intensity_g_per_kwh": rec["inputs"]["carbon_intensity_g_per_kwh"],
+        "replicas": rec["decision"]["replicas"], "cache_capacity_gb": rec["decision"]["capacity_gb"],
+        "load_rps": rec["inputs"]["load_rps"],
+        "carbon_so_far_g": rec["carbon_so_far_g"], "cycle": rec["cycle"], "reason": rec["reason"],
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        c = out["carbon_so_far_g"]
+        print(f"grid {out['grid']} at {out['trace_time']}: {out['carbon_intensity_g_per_kwh']:.1f} gCO2/kWh")
+        print(f"replicas {out['replicas']}, disk cache {out['cache_capacity_gb']:g} GB, load {out['load_rps']:.2f} req/s")
+        print(f"carbon so far: {c['operational']:.1f} g operational + {c['embodied']:.1f} g embodied "
+              f"(cycle {out['cycle']}; {out['reason']})")
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
@@ -191,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=256)
     p.set_defaults(func=cmd_demo_model)
+
+    p = sub.add_parser("status", help="carbon intensity, replicas, cache capacity and carbon so far")
+    p.add_argument("--home", default=None, help="GreenCache home (default ~/.greencache or GREENCACHE_HOME)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("plan", help="plan replicas and cache capacity over a carbon trace (MILP)")
     p.add_argument("--grid", default="FR", help="bundled grid: FR, DE, US-CAL-CISO, US-MIDA-PJM, US-TEX-ERCO, IN-WE")

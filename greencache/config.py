@@ -165,6 +165,7 @@ class ServeConfig(BaseModel):
     )
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     kv_store: KVStoreConfig = Field(default_factory=KVStoreConfig)
+    autoscaler: "AutoscalerConfig" = Field(default_factory=lambda: _autoscaler_config())
     home: Path = Field(DEFAULT_HOME, description="Where the demo model and state live.")
 
     @field_validator("host")
@@ -207,3 +208,14 @@ class ServeConfig(BaseModel):
             engine_kwargs=self.engine_kwargs,
             kv_store_spec=self.kv_store.spec(Path(self.home)) if self.kv_store.enabled else None,
         )
+
+
+def _autoscaler_config():
+    from autoscaler.actor import AutoscalerConfig
+
+    return AutoscalerConfig()
+
+
+from autoscaler.actor import AutoscalerConfig  # noqa: E402  (resolves the forward reference)
+
+ServeConfig.model_rebuild()

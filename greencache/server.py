@@ -34,11 +34,16 @@ def start_local_ray(num_cpus: Optional[int] = None) -> None:
     Ray's CPU count is bookkeeping: we declare at least 4 logical CPUs so an engine replica,
     the ingress and the autoscaler all get scheduled on a 2-core machine.
     """
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
+    from ray._private import ray_constants
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Ray reads the variable at import; if something imported Ray before us, make the driver
+    # agree too, or it would advertise (and connect to) the machine's interface address.
+    if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
+        ray_constants.ENABLE_RAY_CLUSTER = False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     for k, v in SERVE_PERF_ENV.items():
         os.environ.setdefault(k, v)
@@ -90,6 +95,14 @@ def start_serve(config: ServeConfig, *, autoscaling_config: Optional[dict] = Non
         blocking=False,
     )
     logger.info("GreenCache ready in %.1fs", time.monotonic() - t0)
+    if config.autoscaler.enabled:
+        from autoscaler.actor import start_autoscaler
+        from deployments.app import plan_paths
+
+        state, plan = plan_paths(config)
+        a = config.autoscaler.model_copy(update={"state_dir": state, "plan_path": plan,
+                                                  "store_control_path": str(config.home / "kv-control.json")})
+        start_autoscaler(a, str(config.home))
     return f"http://{config.host}:{config.port}"
 
 
@@ -118,6 +131,12 @@ def stop_all(timeout_s: float = 60.0) -> None:
             logger.debug("serve.shutdown failed", exc_info=True)
 
     if ray.is_initialized():
+        try:  # stop planning first, so nothing resizes the app while it shuts down
+            from autoscaler.actor import ACTOR_NAME, NAMESPACE
+
+            ray.kill(ray.get_actor(ACTOR_NAME, namespace=NAMESPACE), no_restart=True)
+        except Exception:
+            pass
         t = threading.Thread(target=_serve_shutdown, daemon=True)
         t.start()
         t.join(timeout_s)

@@ -8,6 +8,8 @@ to reach.
 from __future__ import annotations
 
 import os
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before anything imports Ray: loopback only
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +52,12 @@ class Server:
 
 @pytest.fixture(scope="session")
 def greencache_server(demo_model, greencache_home):
+    from autoscaler.actor import AutoscalerConfig
     from greencache.config import ServeConfig
     from greencache.server import start_serve, stop_all
 
     config = ServeConfig(
+        autoscaler=AutoscalerConfig(enabled=False),  # fixed size: routing tests need 2 replicas
         model=str(demo_model),
         served_model_name="greencache-demo",
         port=free_port(),

@@ -138,3 +138,23 @@ def test_store_metrics_exposed(client, greencache_server):
     assert 'greencache_kv_tier_capacity_bytes{' in text and 'tier="disk"' in text
     assert "greencache_kv_lookup_chunks_total" in text
     assert "greencache_kv_embodied_carbon_kg_total" in text
+
+
+def test_all_traffic_stays_on_loopback(client, greencache_server):
+    # Ray, Serve, the engines and the store must only talk over 127.0.0.0/8 (Ray would
+    # otherwise advertise the machine's interface address).
+    import ipaddress
+    import os
+
+    import psutil
+
+    client.completions.create(model=greencache_server.model, prompt="loopback only", max_tokens=2)
+    family = {os.getpid()} | {p.pid for p in psutil.Process().children(recursive=True)}
+    outside = []
+    for c in psutil.net_connections(kind="inet"):
+        if c.pid in family and c.raddr:
+            ip = ipaddress.ip_address(c.raddr.ip)
+            ip = ip.ipv4_mapped or ip if ip.version == 6 else ip
+            if not ip.is_loopback:
+                outside.append((c.pid, c.laddr, c.raddr, c.status))
+    assert not outside, outside
