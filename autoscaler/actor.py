@@ -57,6 +57,11 @@ class AutoscalerConfig(BaseModel):
     state_dir: str = Field("", description="Decision log and resume state; default <home>/autoscaler.")
     plan_path: str = Field("", description="File the Serve policy follows; default <state_dir>/plan.json.")
     store_control_path: str = Field("", description="KV-store control file; default <home>/kv-control.json.")
+    profile_path: str = Field("", description="Performance profile from `greencache profile`; empty = stated defaults.")
+    ttft_slo_s: float = Field(2.0, gt=0, description="TTFT SLO at p90 (s), used with a profile.")
+    tpot_slo_s: float = Field(0.1, gt=0, description="TPOT SLO at p90 (s), used with a profile.")
+    prompt_tokens: float = Field(2048, gt=0, description="Mean prompt length the plan assumes (tokens), with a profile.")
+    output_tokens: float = Field(256, gt=0, description="Mean output length the plan assumes (tokens), with a profile.")
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -71,6 +76,11 @@ class CarbonAutoscaler:
         self.plan_path = Path(self.cfg.plan_path or self.state_dir / "plan.json")
         self.control_path = Path(self.cfg.store_control_path or self.home / "kv-control.json")
         self.source = TraceSource.grid(self.cfg.grid)
+        self.perf = None
+        if self.cfg.profile_path:
+            from autoscaler.perf_model import PerfModel
+
+            self.perf = PerfModel.load(self.cfg.profile_path)  # bad profile: refuse to start
         self.trace_time = datetime.fromisoformat(self.cfg.trace_start).replace(tzinfo=timezone.utc)
         self.overrides: dict[str, Any] = {}
         self.carbon_g = {"operational": 0.0, "embodied": 0.0}
@@ -133,7 +143,8 @@ class CarbonAutoscaler:
     def _observe(self) -> dict:
         from deployments.stats_hub import get_or_create_hub
 
-        obs: dict[str, Any] = {"request_rate_rps": None, "store": {}}
+        obs: dict[str, Any] = {"request_rate_rps": None, "store": {}, "access_sample": [], "sample_rate": None,
+                               "chunk_bytes": None}
         try:
             snap = ray.get(get_or_create_hub().snapshot.remote(), timeout=2)
         except Exception:
@@ -148,6 +159,10 @@ class CarbonAutoscaler:
             if rid.startswith("__"):
                 continue
             for p in rep.get("processes", []):
+                if str(p.get("role", "")).lower() == "scheduler":  # lookups happen there
+                    obs["access_sample"].extend(p.get("access_sample", []))
+                    obs["sample_rate"] = p.get("access_sample_rate")
+                    obs["chunk_bytes"] = p.get("chunk_bytes")
                 if str(p.get("role", "")).lower() == "worker":
                     obs["store"][rid] = {n: {"capacity_bytes": t.get("capacity_bytes"), "used_bytes": t.get("used_bytes")}
                                          for n, t in p.get("store", {}).get("tiers", {}).items()}
@@ -172,7 +187,22 @@ class CarbonAutoscaler:
         H = cfg.horizon_slots
         kwargs = dict(load_rps=[load] * H, capacities_gb=cfg.capacities_gb, replica_options=options,
                       initial_replicas=current["replicas"], initial_capacity_gb=current["capacity_gb"])
+        if self.perf is not None:
+            from autoscaler.perf_model import SLO
+
+            kwargs.update(perf=self.perf, slo=SLO(ttft_s=cfg.ttft_slo_s, tpot_s=cfg.tpot_slo_s),
+                          prompt_tokens=cfg.prompt_tokens, output_tokens=cfg.output_tokens)
         reason = ""
+        curve_note = "default hit-rate curve"
+        if len(obs["access_sample"]) >= 200 and obs["chunk_bytes"]:
+            from autoscaler.hitrate import HitRateCurve
+
+            # The sample is already SHARDS-filtered at `sample_rate`; rate=1 here keeps all of
+            # it and scaling by 1/sample_rate turns sampled distances into real ones.
+            curve = HitRateCurve.from_stream(((k, 1) for k in obs["access_sample"]), chunk_bytes=obs["chunk_bytes"])
+            r = obs["sample_rate"] or 1.0
+            kwargs["hit_ratio_fn"] = lambda cap_gb, c=curve, r=r: c.hit_ratio(cap_gb * 1e9 * r)
+            curve_note = f"observed hit-rate curve ({len(obs['access_sample'])} sampled accesses)"
         try:
             problem = build_problem(source, self.trace_time, H, **kwargs)
             try:
@@ -212,7 +242,7 @@ class CarbonAutoscaler:
             "predicted": {"slot_operational_g": op_g, "slot_embodied_g": emb_g,
                           "rmin_for_choice": int(problem.rmin[0, out.cache[0]]), "slo_met": bool(replicas >= problem.rmin[0, out.cache[0]])},
             "decision": decision, "carbon_so_far_g": dict(self.carbon_g),
-            "reason": (reason + out.reason).strip(),
+            "reason": (reason + out.reason + f"; {curve_note}").strip(),
         }
         self._actuate(decision)
         self._append(record)

@@ -46,9 +46,12 @@ class Workload(BaseModel):
         return out
 
 
-def cache_options(capacities_gb: Sequence[float], workload: Workload, carbon: CarbonConfig) -> list[CacheOption]:
-    """SSD-backed cache configurations (the disk tier); DRAM tiers can be added the same way."""
-    return [CacheOption(name=f"{cap:g}GB", capacity_gb=float(cap), hit_ratio=workload.hit_ratio(cap),
+def cache_options(capacities_gb: Sequence[float], workload: Workload, carbon: CarbonConfig,
+                  hit_ratio_fn=None) -> list[CacheOption]:
+    """SSD-backed cache configurations (the disk tier); DRAM tiers can be added the same way.
+    `hit_ratio_fn(capacity_gb)` overrides the workload's default curve (e.g. an observed one)."""
+    h = hit_ratio_fn or workload.hit_ratio
+    return [CacheOption(name=f"{cap:g}GB", capacity_gb=float(cap), hit_ratio=float(h(cap)),
                         storage_w=carbon.storage_w(cap, 0.0), embodied_g_per_h=carbon.storage_embodied_g_per_h(cap, 0.0))
             for cap in capacities_gb]
 
@@ -58,16 +61,32 @@ def build_problem(source: CarbonSource, start: datetime, hours: int, *, workload
                   capacities_gb: Sequence[float] = (0, 50, 100, 200, 400, 800, 1600, 3200),
                   replica_options: Sequence[int] = (1, 2, 3, 4, 6, 8, 12, 16),
                   alpha_g_per_replica: float = 20.0, beta_g_per_gb: float = 0.05,
-                  initial_replicas: int = 2, initial_capacity_gb: float = 0.0, **constraints) -> PlanProblem:
+                  initial_replicas: int = 2, initial_capacity_gb: float = 0.0, hit_ratio_fn=None,
+                  perf=None, slo=None, prompt_tokens: float = 2048, output_tokens: float = 256,
+                  **constraints) -> PlanProblem:
+    """With `perf` (a fitted `PerfModel` from `greencache profile`) and `slo`, GPU work per
+    request and rmin come from the measured profile; otherwise from `workload`'s stated
+    defaults (utilisation rule)."""
     workload = workload or Workload()
     carbon = carbon or CarbonConfig()
     lam = list(load_rps) if load_rps is not None else workload.diurnal_load(start, hours)
-    caches = cache_options(capacities_gb, workload, carbon)
-    work = np.array([workload.prefill_gpu_s * (1 - c.hit_ratio) + workload.decode_gpu_s for c in caches])
-    rmin = np.maximum(1, np.ceil(np.asarray(lam)[:, None] * work[None, :] / workload.max_utilisation)).astype(int)
+    caches = cache_options(capacities_gb, workload, carbon, hit_ratio_fn)
+    prefill_s, decode_s = workload.prefill_gpu_s, workload.decode_gpu_s
+    if perf is not None:
+        from autoscaler.perf_model import SLO
+
+        slo = slo or SLO()
+        prefill_s = perf.prefill_s(prompt_tokens)
+        decode_s = output_tokens * perf.decode_step_s(16) / 16
+        cap = max(replica_options)
+        rmin = np.array([[perf.rmin(l, prompt_tokens, output_tokens, c.hit_ratio, slo, max_replicas=cap)
+                          for c in caches] for l in lam], dtype=int)
+    else:
+        work = np.array([prefill_s * (1 - c.hit_ratio) + decode_s for c in caches])
+        rmin = np.maximum(1, np.ceil(np.asarray(lam)[:, None] * work[None, :] / workload.max_utilisation)).astype(int)
     return PlanProblem(
         slot_hours=1.0, arrival_rps=lam, intensity=source.forecast(start, hours), replica_options=list(replica_options),
-        caches=caches, rmin=rmin, prefill_s=workload.prefill_gpu_s, decode_s=workload.decode_gpu_s,
+        caches=caches, rmin=rmin, prefill_s=prefill_s, decode_s=decode_s,
         idle_w=carbon.replica_idle_w(), busy_w=carbon.replica_busy_w(), pue=carbon.pue,
         replica_embodied_g_per_h=carbon.replica_embodied_g_per_h(), alpha_g_per_replica=alpha_g_per_replica,
         beta_g_per_gb=beta_g_per_gb, initial_replicas=initial_replicas, initial_capacity_gb=initial_capacity_gb,

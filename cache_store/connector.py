@@ -387,8 +387,14 @@ class GreenCacheConnector(KVConnectorBase_V1):
         return errors
 
     # ======================================================================== stats
+    def chunk_bytes(self) -> int:
+        itemsize = _TORCH_DTYPES.get(self.ns.dtype, torch.bfloat16).itemsize
+        return self.ns.num_layers * self.chunk_tokens * self.ns.num_kv_heads * 2 * self.ns.head_size * itemsize
+
     def connector_stats(self) -> dict:
         return {"namespace": self.ns.id, "role": self._role.name, "loaded_chunks": self.loaded_chunks,
+                "chunk_bytes": self.chunk_bytes(), "access_sample": list(self.store.access_sample),
+                "access_sample_rate": self.store.access_sample_rate,
                 "saved_chunks": self.saved_chunks, "failed_chunks": self.failed_chunks,
                 "dropped_saves": self.dropped_saves, "chunk_tokens": self.chunk_tokens, "store": self.store.stats()}
 

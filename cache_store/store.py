@@ -37,8 +37,14 @@ EMBODIED_KG_PER_GB_HOUR = {
 
 
 class KVStore:
-    def __init__(self, tiers: Sequence[Any], control_path: Optional[str] = None, control_poll_s: float = 1.0) -> None:
+    def __init__(self, tiers: Sequence[Any], control_path: Optional[str] = None, control_poll_s: float = 1.0,
+                 access_sample_rate: float = 0.25, access_sample_max: int = 4000) -> None:
+        from collections import deque
+
         self.tiers = list(tiers)
+        # SHARDS-sampled stream of requested chunk keys (short ids), for hit-rate curves.
+        self.access_sample_rate = access_sample_rate
+        self.access_sample: "deque[str]" = deque(maxlen=access_sample_max)
         self.control_path = Path(control_path) if control_path else None
         self.control_poll_s = control_poll_s
         self._control_mtime = 0.0
@@ -115,6 +121,11 @@ class KVStore:
         self.poll_control()
         self.lookups += 1
         self.lookup_chunks += len(keys)
+        from autoscaler.hitrate import sampled
+
+        for k in keys:
+            if sampled(k, self.access_sample_rate):
+                self.access_sample.append(k[-16:])
         present = [False] * len(keys)
         remaining = list(range(len(keys)))
         for t in self.tiers:
@@ -216,4 +227,5 @@ def build_store(spec: dict) -> KVStore:
             tiers.append(RedisTier(t["url"], cap, prefix=t.get("prefix", "gc:")))
         else:
             raise ValueError(f"unknown tier kind {kind!r}; use memory, disk or redis")
-    return KVStore(tiers, control_path=spec.get("control_path"))
+    return KVStore(tiers, control_path=spec.get("control_path"),
+                   access_sample_rate=float(spec.get("access_sample_rate", 0.25)))

@@ -48,6 +48,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid", default="FR", help="carbon-intensity grid the autoscaler follows (bundled trace)")
     p.add_argument("--max-replicas", type=int, default=2, help="most replicas the autoscaler may run")
     p.add_argument("--autoscaler-interval", type=float, default=30.0, help="seconds between planning cycles")
+    p.add_argument("--profile", default="", help="performance profile (greencache profile) for the planner")
     p.add_argument("--trace-hours-per-interval", type=float, default=1.0,
                    help="demo speed-up: trace hours per planning cycle (0 = real time)")
     p.add_argument(
@@ -88,6 +89,7 @@ def _serve_config(args: argparse.Namespace):
             max_replicas=max(args.max_replicas, args.replicas),
             interval_s=args.autoscaler_interval,
             trace_hours_per_interval=args.trace_hours_per_interval,
+            profile_path=args.profile,
         ),
     )
 
@@ -236,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=256)
     p.set_defaults(func=cmd_demo_model)
+
+    p = sub.add_parser("profile", help="measure a performance profile on a running endpoint (JSON)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda a: __import__("autoscaler.profiler", fromlist=["main"]).main(a.rest))
 
     p = sub.add_parser("status", help="carbon intensity, replicas, cache capacity and carbon so far")
     p.add_argument("--home", default=None, help="GreenCache home (default ~/.greencache or GREENCACHE_HOME)")
