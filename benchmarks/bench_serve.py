@@ -79,14 +79,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3, help="measured rounds per system")
     p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--stream-interval-ms", type=float, default=0.0,
+                   help="GreenCache replica stream coalescing (0 = one message per engine step, like vLLM)")
     p.add_argument("--probe-requests", type=int, default=24,
                    help="requests per system at concurrency 1 (pure path latency, no queueing)")
     args = p.parse_args(argv)
+    # Ray's C++ workers write log lines to file descriptor 1 (e.g. at shutdown), which would
+    # corrupt `--json` output: send fd 1 to stderr while Ray runs; JSON goes to the real stdout.
+    sys.stdout.flush()
+    real_stdout = os.dup(1)
+    os.dup2(2, 1)
 
     from greencache.config import ServeConfig
     from greencache.server import start_serve, stop_all
 
-    config = ServeConfig(model=args.model, port=_free_port(), num_replicas=1, max_model_len=args.max_model_len)
+    from autoscaler.actor import AutoscalerConfig
+
+    # Same engine as the baseline: no autoscaler, no KV connector (vLLM's server has neither).
+    from greencache.config import KVStoreConfig
+
+    config = ServeConfig(model=args.model, port=_free_port(), num_replicas=1, max_model_len=args.max_model_len,
+                         stream_interval_ms=args.stream_interval_ms,
+                         autoscaler=AutoscalerConfig(enabled=False), kv_store=KVStoreConfig(enabled=False))
     model_dir, _ = config.resolved_model()
     config = config.model_copy(update={"model": model_dir, "served_model_name": MODEL_NAME})
     from transformers import AutoTokenizer
@@ -159,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "failed_greencache": g["failed"],
         "failed_vllm": v["failed"],
         "targets": {"throughput_ratio_min": 0.9, "ttft_p50_overhead_ms_max": 10.0},
-        "config": {"requests_per_round": args.requests, "concurrency": args.concurrency,
+        "config": {"stream_interval_ms": args.stream_interval_ms, "requests_per_round": args.requests, "concurrency": args.concurrency,
                    "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
                    "rounds": args.rounds, "model": model_dir, "cpus": os.cpu_count()},
         "rounds": rounds,
@@ -172,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(rows), file=sys.stderr)
     print(f"throughput_ratio={out['throughput_ratio']:.3f} (target >= 0.9)  "
           f"TTFT p50 overhead={out['ttft_p50_overhead_ms']:.1f} ms (target <= 10)", file=sys.stderr)
+    sys.stdout.flush()
     if args.json:
-        print(json.dumps(out, indent=2))
+        with os.fdopen(real_stdout, "w") as f:
+            f.write(json.dumps(out, indent=2) + "\n")
     return 0
 
 

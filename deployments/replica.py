@@ -12,6 +12,7 @@ replaces the replica.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -112,6 +113,7 @@ class LLMReplica:
         from vllm.sampling_params import RequestOutputKind
 
         params = SamplingParams(output_kind=RequestOutputKind.DELTA, **request["sampling"])
+        interval_s = self.config.stream_interval_ms / 1000.0
         first = True
         async for out in self.engine.generate(
             {"prompt_token_ids": request["prompt_token_ids"]},
@@ -132,6 +134,10 @@ class LLMReplica:
                 chunk["cached_tokens"] = int(out.num_cached_tokens or 0)
                 chunk["stop_reason"] = comp.stop_reason
             yield chunk
+            if interval_s and not out.finished:
+                # Coalesce: vLLM's DELTA collector merges the tokens produced while we wait, so
+                # each Ray/SSE message carries several tokens (the first is never delayed).
+                await asyncio.sleep(interval_s)
 
     async def store_stats(self) -> dict[str, Any]:
         """KV-store stats published by this replica's engine processes (scheduler, worker)."""

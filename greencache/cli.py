@@ -37,6 +37,8 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         "--engine-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE",
         help="extra vLLM engine argument (JSON value), repeatable, e.g. max_num_seqs=32",
     )
+    p.add_argument("--stream-interval-ms", type=float, default=0.0,
+                   help="coalesce streamed tokens into one message per interval (ms); 0 = every engine step")
     p.add_argument("--kv-disk-path", default=None, help="disk (NVMe) tier directory (default ~/.greencache/kv-disk)")
     p.add_argument("--kv-disk-gb", type=float, default=4.0, help="disk tier capacity in GB (0 = off)")
     p.add_argument("--kv-memory-gb", type=float, default=0.0, help="per-engine DRAM tier in GB (0 = off)")
@@ -73,6 +75,7 @@ def _serve_config(args: argparse.Namespace):
         max_model_len=args.max_model_len,
         engine_kwargs=dict(args.engine_arg),
         api_keys=keys,
+        stream_interval_ms=args.stream_interval_ms,
         kv_store=KVStoreConfig(
             enabled=not args.no_kv_store,
             chunk_tokens=args.kv_chunk_tokens,

@@ -93,6 +93,9 @@ class EngineConfig(BaseModel):
         default_factory=dict,
         description="Extra vLLM `AsyncEngineArgs` fields, e.g. {'max_num_seqs': 64}.",
     )
+    stream_interval_ms: float = Field(
+        0.0, ge=0, description="Coalesce streamed tokens: at most one message per interval after the first (ms); 0 = every step."
+    )
     kv_store_spec: Optional[dict[str, Any]] = Field(
         None, description="Store spec for GreenCacheConnector; None = no shared KV store."
     )
@@ -156,6 +159,9 @@ class ServeConfig(BaseModel):
     replica_num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (0 on CPU machines).")
     max_model_len: Optional[int] = Field(None, ge=16, description="Context window (tokens).")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra vLLM engine args.")
+    stream_interval_ms: float = Field(
+        0.0, ge=0, description="Replica stream coalescing interval (ms); 0 = one message per engine step."
+    )
     api_keys: list[str] = Field(
         default_factory=list,
         description="Accepted bearer tokens; empty means no authentication.",
@@ -206,6 +212,7 @@ class ServeConfig(BaseModel):
             served_model_name=name,
             max_model_len=self.max_model_len,
             engine_kwargs=self.engine_kwargs,
+            stream_interval_ms=self.stream_interval_ms,
             kv_store_spec=self.kv_store.spec(Path(self.home)) if self.kv_store.enabled else None,
         )
 

@@ -49,7 +49,7 @@ def live(demo_model, tmp_path_factory):
     home = tmp_path_factory.mktemp("autoscale-home")
     config = ServeConfig(
         model=str(demo_model), served_model_name="demo", port=free_port(), num_replicas=1, max_model_len=1024,
-        home=home,
+        home=home, stream_interval_ms=30.0,  # also exercises stream coalescing
         autoscaler=AutoscalerConfig(enabled=True, grid="FR", min_replicas=1, max_replicas=2, interval_s=2.0,
                                     trace_hours_per_interval=1.0, horizon_slots=6),
     )
@@ -120,3 +120,17 @@ def _status_cycles() -> int:
         return ray.get(get_autoscaler().status.remote(), timeout=5)["cycles"]
     except Exception:
         return -1
+
+
+def test_coalesced_stream_carries_every_token(live):
+    import openai
+
+    url, _, _ = live
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+    kw = dict(model="demo", prompt="coalesce me", max_tokens=40, temperature=0, extra_body={"ignore_eos": True})
+    full = client.completions.create(**kw)
+    events = [c for c in client.completions.create(stream=True, stream_options={"include_usage": True}, **kw)]
+    text = "".join(c.choices[0].text for c in events if c.choices)
+    usage = [c.usage for c in events if c.usage is not None][0]
+    assert text == full.choices[0].text and usage.completion_tokens == 40
+    assert len([c for c in events if c.choices]) < 40  # several tokens per message
