@@ -137,6 +137,13 @@ class OpenAIIngress:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise APIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
 
+    async def _accept(self, request: Request, model_cls):
+        """Authenticate, read and validate the body, and check the model: the common preamble."""
+        self._authenticate(request)
+        req = parse_request(model_cls, await self._read_json(request))
+        self._check_model(req.model)
+        return req
+
     def _check_model(self, model: str) -> None:
         if model != self.model_name:
             raise APIError(
@@ -187,15 +194,16 @@ class OpenAIIngress:
     async def _run(
         self,
         engine_req: dict,
+        req,  # the validated CompletionRequest / ChatCompletionRequest
         *,
         endpoint: str,
-        stream: bool,
-        include_usage: bool,
         render_chunk,  # (chunk dict, first: bool) -> list[dict] of SSE payloads
         render_final,  # (text, finish_reason, usage) -> dict response body
         arrival: float,
     ) -> Response:
         self.requests_total += 1
+        stream = req.stream
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
         gen = self.llm_stream.generate.remote(engine_req)
         it = gen.__aiter__()
         try:
@@ -343,9 +351,7 @@ class OpenAIIngress:
         arrival = time.monotonic()
         endpoint = "/v1/completions"
         try:
-            self._authenticate(request)
-            req: CompletionRequest = parse_request(CompletionRequest, await self._read_json(request))
-            self._check_model(req.model)
+            req: CompletionRequest = await self._accept(request, CompletionRequest)
             if isinstance(req.prompt, str):
                 token_ids = self.tokenizer.encode(req.prompt, add_special_tokens=False)
             else:
@@ -379,10 +385,8 @@ class OpenAIIngress:
                     "usage": usage}
 
         return await self._run(
-            self._engine_request(rid, token_ids, self._sampling(req, max_tokens)),
-            endpoint=endpoint, stream=req.stream,
-            include_usage=bool(req.stream_options and req.stream_options.include_usage),
-            render_chunk=render_chunk, render_final=render_final, arrival=arrival,
+            self._engine_request(rid, token_ids, self._sampling(req, max_tokens)), req,
+            endpoint=endpoint, render_chunk=render_chunk, render_final=render_final, arrival=arrival,
         )
 
     @app.post("/v1/chat/completions")
@@ -390,9 +394,7 @@ class OpenAIIngress:
         arrival = time.monotonic()
         endpoint = "/v1/chat/completions"
         try:
-            self._authenticate(request)
-            req: ChatCompletionRequest = parse_request(ChatCompletionRequest, await self._read_json(request))
-            self._check_model(req.model)
+            req: ChatCompletionRequest = await self._accept(request, ChatCompletionRequest)
             messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()}
                         for m in req.messages]
             try:
@@ -446,8 +448,6 @@ class OpenAIIngress:
                     "usage": usage}
 
         return await self._run(
-            self._engine_request(rid, token_ids, self._sampling(req, max_tokens)),
-            endpoint=endpoint, stream=req.stream,
-            include_usage=bool(req.stream_options and req.stream_options.include_usage),
-            render_chunk=render_chunk, render_final=render_final, arrival=arrival,
+            self._engine_request(rid, token_ids, self._sampling(req, max_tokens)), req,
+            endpoint=endpoint, render_chunk=render_chunk, render_final=render_final, arrival=arrival,
         )
