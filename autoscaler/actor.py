@@ -5,8 +5,9 @@ Loop (every `interval_s`): observe → forecast → plan → actuate → record.
   grid intensity at the current trace time.
 - forecast: carbon intensity over the horizon from the source; load = the observed rate (or an
   override), flat over the horizon.
-- plan: `autoscaler.planner.plan` (MILP, DP fallback); if even `max_replicas` cannot meet the SLO
-  the plan runs the maximum and says so.
+- plan: the policy (`autoscaler.policies.PlannerPolicy`, the joint MILP with a DP fallback) takes
+  an `Observation` and returns a `Decision`; the simulator drives the same class. If even
+  `max_replicas` cannot meet the SLO the plan runs the maximum and says so.
 - actuate: slot 1's replica target goes to a plan file that the Serve policy
   (`deployments/autoscaling_policy.py`) follows; slot 1's cache capacity goes to the store's
   control file, which every engine applies within a second.
@@ -31,9 +32,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import ray
 from pydantic import BaseModel, Field
+
+from autoscaler.carbon import CarbonConfig
 
 logger = logging.getLogger("greencache.autoscaler")
 
@@ -60,8 +62,10 @@ class AutoscalerConfig(BaseModel):
     profile_path: str = Field("", description="Performance profile from `greencache profile`; empty = stated defaults.")
     ttft_slo_s: float = Field(2.0, gt=0, description="TTFT SLO at p90 (s), used with a profile.")
     tpot_slo_s: float = Field(0.1, gt=0, description="TPOT SLO at p90 (s), used with a profile.")
+    max_utilisation: float = Field(0.85, gt=0, lt=1, description="Planning ceiling on replica utilisation, with a profile.")
     prompt_tokens: float = Field(2048, gt=0, description="Mean prompt length the plan assumes (tokens), with a profile.")
     output_tokens: float = Field(256, gt=0, description="Mean output length the plan assumes (tokens), with a profile.")
+    carbon: CarbonConfig = Field(default_factory=CarbonConfig, description="Power and embodied-carbon factors.")
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -81,6 +85,9 @@ class CarbonAutoscaler:
             from autoscaler.perf_model import PerfModel
 
             self.perf = PerfModel.load(self.cfg.profile_path)  # bad profile: refuse to start
+        from autoscaler.policies import PlannerPolicy
+
+        self.policy = PlannerPolicy.from_autoscaler_config(self.cfg, self.perf)
         self.trace_time = datetime.fromisoformat(self.cfg.trace_start).replace(tzinfo=timezone.utc)
         self.overrides: dict[str, Any] = {}
         self.carbon_g = {"operational": 0.0, "embodied": 0.0}
@@ -168,81 +175,75 @@ class CarbonAutoscaler:
                                          for n, t in p.get("store", {}).get("tiers", {}).items()}
         return obs
 
-    def _cycle(self) -> dict:
-        from autoscaler.carbon import CarbonConfig
+    def observation(self, obs: Optional[dict] = None) -> "Observation":
+        """The policy's input for this cycle: observed load and access sample, the carbon
+        forecast at the trace clock, the current decision; overrides applied."""
         from autoscaler.carbon_sources import ConstantSource
-        from autoscaler.planner import PlanInfeasible, plan
-        from autoscaler.scenario import Workload, build_problem
+        from autoscaler.policies import Observation
 
-        t_start = time.time()
-        obs = self._observe()
+        obs = obs if obs is not None else self._observe()
         cfg = self.cfg
         source = self.source
         if "intensity_g_per_kwh" in self.overrides:
             source = ConstantSource(float(self.overrides["intensity_g_per_kwh"]))
         load = self.overrides.get("load_rps", obs["request_rate_rps"])
-        load = float(load) if load is not None else 0.0
         current = self.last["decision"] if self.last else {"replicas": cfg.min_replicas, "capacity_gb": 0.0}
-        options = list(range(cfg.min_replicas, cfg.max_replicas + 1))
-        H = cfg.horizon_slots
-        kwargs = dict(load_rps=[load] * H, capacities_gb=cfg.capacities_gb, replica_options=options,
-                      initial_replicas=current["replicas"], initial_capacity_gb=current["capacity_gb"])
-        if self.perf is not None:
-            from autoscaler.perf_model import SLO
+        return Observation(
+            trace_time=self.trace_time, intensity_forecast=source.forecast(self.trace_time, cfg.horizon_slots),
+            arrival_rps=float(load) if load is not None else 0.0, current_replicas=int(current["replicas"]),
+            current_capacity_gb=float(current["capacity_gb"]), access_sample=list(obs["access_sample"]),
+            sample_rate=float(obs["sample_rate"] or 1.0), chunk_bytes=int(obs["chunk_bytes"] or 0),
+            now_s=time.monotonic())
 
-            kwargs.update(perf=self.perf, slo=SLO(ttft_s=cfg.ttft_slo_s, tpot_s=cfg.tpot_slo_s),
-                          prompt_tokens=cfg.prompt_tokens, output_tokens=cfg.output_tokens)
-        reason = ""
-        curve_note = "default hit-rate curve"
-        if len(obs["access_sample"]) >= 200 and obs["chunk_bytes"]:
-            from autoscaler.hitrate import HitRateCurve
+    async def decide(self, observation: dict) -> dict:
+        """The decision this actor's policy makes for an observation (no actuation, no record):
+        lets tests and the simulator check that both take the same decision."""
+        from autoscaler.policies import Observation
 
-            # The sample is already SHARDS-filtered at `sample_rate`; rate=1 here keeps all of
-            # it and scaling by 1/sample_rate turns sampled distances into real ones.
-            curve = HitRateCurve.from_stream(((k, 1) for k in obs["access_sample"]), chunk_bytes=obs["chunk_bytes"])
-            r = obs["sample_rate"] or 1.0
-            kwargs["hit_ratio_fn"] = lambda cap_gb, c=curve, r=r: c.hit_ratio(cap_gb * 1e9 * r)
-            curve_note = f"observed hit-rate curve ({len(obs['access_sample'])} sampled accesses)"
+        d = self.policy.decide(Observation.from_json(observation))
+        return {"replicas": d.replicas, "capacity_gb": d.capacity_gb, "reason": d.reason}
+
+    def _cycle(self) -> dict:
+        t_start = time.time()
+        obs = self._observe()
+        observation = self.observation(obs)
+        cfg = self.cfg
         try:
-            problem = build_problem(source, self.trace_time, H, **kwargs)
-            try:
-                out = plan(problem, time_limit_s=cfg.solver_time_limit_s)
-            except PlanInfeasible as e:
-                problem.rmin = np.minimum(problem.rmin, max(options))
-                out = plan(problem, time_limit_s=cfg.solver_time_limit_s)
-                reason = f"SLO not attainable within max_replicas={max(options)} ({e}); running the maximum. "
+            d = self.policy.decide(observation)
         except Exception as e:
             record = {"time": t_start, "trace_time": self.trace_time.isoformat(), "error": f"{type(e).__name__}: {e}",
                       "traceback": traceback.format_exc(limit=3)}
             self._append(record)
             raise
-        replicas = out.replicas[0]
-        cache = problem.caches[out.cache[0]]
-        ci = problem.intensity[0]
+        problem = self.policy.last_problem
+        replicas = d.replicas
+        ci = observation.intensity_forecast[0]
+        load = observation.arrival_rps
         # carbon of the slot we are about to run, as the model predicts it (grams), scaled to
         # the trace time one interval covers
-        carbon = CarbonConfig()
+        carbon = cfg.carbon
         hours = cfg.trace_hours_per_interval or cfg.interval_s / 3600.0
-        work = problem.work_s()[out.cache[0]]
-        energy_kwh = (carbon.replica_idle_w() * replicas + (carbon.replica_busy_w() - carbon.replica_idle_w()) * load * work
-                      + cache.storage_w) * hours / 1000.0
+        storage_w = carbon.storage_w(d.capacity_gb, 0.0)
+        energy_kwh = (carbon.replica_idle_w() * replicas
+                      + (carbon.replica_busy_w() - carbon.replica_idle_w()) * load * d.details["work_s"]
+                      + storage_w) * hours / 1000.0
         op_g = carbon.operational_g(energy_kwh, ci)
-        emb_g = (carbon.replica_embodied_g_per_h() * replicas + cache.embodied_g_per_h) * hours
+        emb_g = (carbon.replica_embodied_g_per_h() * replicas + carbon.storage_embodied_g_per_h(d.capacity_gb, 0.0)) * hours
         self.carbon_g = {"operational": self.carbon_g["operational"] + op_g, "embodied": self.carbon_g["embodied"] + emb_g}
         self.cycles += 1
-        decision = {"replicas": replicas, "capacity_gb": cache.capacity_gb, "cache": cache.name}
+        decision = {"replicas": replicas, "capacity_gb": d.capacity_gb, "cache": d.details["cache_name"]}
         record = {
             "cycle": self.cycles, "time": t_start, "trace_time": self.trace_time.isoformat(), "grid": cfg.grid,
             "inputs": {"carbon_intensity_g_per_kwh": ci, "forecast_g_per_kwh": list(problem.intensity),
                        "load_rps": load, "observed_rps": obs["request_rate_rps"], "overrides": dict(self.overrides),
-                       "store": obs["store"], "current": current},
-            "plan": {"replicas": out.replicas, "capacity_gb": [problem.caches[c].capacity_gb for c in out.cache],
-                     "method": out.method, "optimal": out.optimal, "objective_g": out.objective_g,
-                     "dp_objective_g": out.dp_objective_g, "solve_s": out.solve_s},
+                       "store": obs["store"], "current": {"replicas": observation.current_replicas,
+                                                          "capacity_gb": observation.current_capacity_gb}},
+            "observation": observation.to_json(),
+            "plan": d.details["plan"],
             "predicted": {"slot_operational_g": op_g, "slot_embodied_g": emb_g,
-                          "rmin_for_choice": int(problem.rmin[0, out.cache[0]]), "slo_met": bool(replicas >= problem.rmin[0, out.cache[0]])},
+                          "rmin_for_choice": d.details["rmin_for_choice"], "slo_met": d.details["slo_met"]},
             "decision": decision, "carbon_so_far_g": dict(self.carbon_g),
-            "reason": (reason + out.reason + f"; {curve_note}").strip(),
+            "reason": d.reason,
         }
         self._actuate(decision)
         self._append(record)

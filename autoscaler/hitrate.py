@@ -14,6 +14,11 @@ most C. So one pass computing stack distances gives the whole curve.
 
 Weights: each access counts its `tokens` (default 1), so the ratio is token-weighted as the
 planner's h(c) is. First accesses (cold misses) never hit at any capacity.
+
+SHARDS_adj (same paper): one very hot key (a system prompt every request shares) is either in
+the sample or not, which swings the curve. Given the number of accesses the sample stands for
+(`expected_weight` = rate × all accesses), the difference between expected and sampled
+weight is added to the smallest-distance bucket: hot keys hit at tiny distances.
 """
 
 from __future__ import annotations
@@ -58,17 +63,22 @@ class HitRateCurve:
     """Stack-distance histogram → hit ratio at any capacity (bytes)."""
 
     def __init__(self, distances_bytes: np.ndarray, weights: np.ndarray, total_weight: float, rate: float,
-                 accesses: int) -> None:
+                 accesses: int, expected_weight: Optional[float] = None) -> None:
         order = np.argsort(distances_bytes)
         self.distances = distances_bytes[order]
         self.cum = np.cumsum(weights[order])
         self.total = total_weight
+        if expected_weight is not None and expected_weight > 0 and len(self.cum):
+            self.cum = np.clip(self.cum + (expected_weight - total_weight), 0.0, None)
+            self.total = float(expected_weight)
         self.rate = rate
         self.accesses = accesses
 
     @classmethod
-    def from_stream(cls, accesses: Iterable[tuple[str, int]], *, chunk_bytes: int, rate: float = 1.0) -> "HitRateCurve":
-        """`accesses`: (chunk key, tokens) in access order; every chunk is `chunk_bytes` big."""
+    def from_stream(cls, accesses: Iterable[tuple[str, int]], *, chunk_bytes: int, rate: float = 1.0,
+                    expected_weight: Optional[float] = None) -> "HitRateCurve":
+        """`accesses`: (chunk key, tokens) in access order; every chunk is `chunk_bytes` big.
+        `expected_weight`: the weight the sample stands for (enables the SHARDS_adj correction)."""
         keys: list[str] = []
         tokens: list[int] = []
         for k, t in accesses:
@@ -92,13 +102,14 @@ class HitRateCurve:
                 fw.add(j, -chunk_bytes)
             fw.add(i, chunk_bytes)
             last[k] = i
-        return cls(np.asarray(dist, dtype=np.float64), np.asarray(wts, dtype=np.float64), total, rate, n)
+        return cls(np.asarray(dist, dtype=np.float64), np.asarray(wts, dtype=np.float64), total, rate, n,
+                   expected_weight)
 
     def hit_ratio(self, capacity_bytes: float) -> float:
         if self.total <= 0 or len(self.distances) == 0:
             return 0.0
         i = bisect_right(self.distances, capacity_bytes)
-        return float(self.cum[i - 1] / self.total) if i > 0 else 0.0
+        return float(min(1.0, self.cum[i - 1] / self.total)) if i > 0 else 0.0
 
     def curve(self, capacities_bytes: Sequence[float]) -> list[float]:
         return [self.hit_ratio(c) for c in capacities_bytes]

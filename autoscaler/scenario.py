@@ -56,7 +56,8 @@ def cache_options(capacities_gb: Sequence[float], workload: Workload, carbon: Ca
             for cap in capacities_gb]
 
 
-def build_problem(source: CarbonSource, start: datetime, hours: int, *, workload: Optional[Workload] = None,
+def build_problem(source: Optional[CarbonSource], start: datetime, hours: int, *, workload: Optional[Workload] = None,
+                  intensity: Optional[Sequence[float]] = None,
                   carbon: Optional[CarbonConfig] = None, load_rps: Optional[Sequence[float]] = None,
                   capacities_gb: Sequence[float] = (0, 50, 100, 200, 400, 800, 1600, 3200),
                   replica_options: Sequence[int] = (1, 2, 3, 4, 6, 8, 12, 16),
@@ -66,7 +67,7 @@ def build_problem(source: CarbonSource, start: datetime, hours: int, *, workload
                   **constraints) -> PlanProblem:
     """With `perf` (a fitted `PerfModel` from `greencache profile`) and `slo`, GPU work per
     request and rmin come from the measured profile; otherwise from `workload`'s stated
-    defaults (utilisation rule)."""
+    defaults (utilisation rule). Carbon intensity: `intensity` if given, else `source`'s forecast."""
     workload = workload or Workload()
     carbon = carbon or CarbonConfig()
     lam = list(load_rps) if load_rps is not None else workload.diurnal_load(start, hours)
@@ -77,7 +78,7 @@ def build_problem(source: CarbonSource, start: datetime, hours: int, *, workload
 
         slo = slo or SLO()
         prefill_s = perf.prefill_s(prompt_tokens)
-        decode_s = output_tokens * perf.decode_step_s(16) / 16
+        decode_s = output_tokens * perf.decode_step_s(16, prompt_tokens + output_tokens / 2) / 16
         cap = max(replica_options)
         rmin = np.array([[perf.rmin(l, prompt_tokens, output_tokens, c.hit_ratio, slo, max_replicas=cap)
                           for c in caches] for l in lam], dtype=int)
@@ -85,7 +86,8 @@ def build_problem(source: CarbonSource, start: datetime, hours: int, *, workload
         work = np.array([prefill_s * (1 - c.hit_ratio) + decode_s for c in caches])
         rmin = np.maximum(1, np.ceil(np.asarray(lam)[:, None] * work[None, :] / workload.max_utilisation)).astype(int)
     return PlanProblem(
-        slot_hours=1.0, arrival_rps=lam, intensity=source.forecast(start, hours), replica_options=list(replica_options),
+        slot_hours=1.0, arrival_rps=lam,
+        intensity=list(intensity) if intensity is not None else source.forecast(start, hours), replica_options=list(replica_options),
         caches=caches, rmin=rmin, prefill_s=prefill_s, decode_s=decode_s,
         idle_w=carbon.replica_idle_w(), busy_w=carbon.replica_busy_w(), pue=carbon.pue,
         replica_embodied_g_per_h=carbon.replica_embodied_g_per_h(), alpha_g_per_replica=alpha_g_per_replica,

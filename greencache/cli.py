@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 
 def _kv(s: str) -> tuple[str, object]:
@@ -226,6 +227,56 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Replay a request trace and a carbon trace through every policy (the live policy code)."""
+    import json as _json
+
+    from tqdm import tqdm
+
+    from autoscaler.policies import POLICY_NAMES
+    from autoscaler.sim_report import plots, table
+    from autoscaler.simulator import SimConfig, simulate
+    from autoscaler.workloads import load_trace
+
+    policies = list(POLICY_NAMES) if args.policies == "all" else [p.strip() for p in args.policies.split(",")]
+    bad = [p for p in policies if p not in POLICY_NAMES]
+    if bad:
+        print(f"unknown policies {bad}; choose from {list(POLICY_NAMES)} or 'all'", file=sys.stderr)
+        return 2
+    try:
+        trace = load_trace(args.trace, days=args.days, rps=args.rps, seed=args.seed, diurnal=args.diurnal)
+        cfg = SimConfig(model=args.model, grid=args.grid, start=args.start,
+                        ssd_embodied_kg_per_gb=args.ssd_embodied_kg_per_gb)
+    except (ValueError, KeyError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    bar = tqdm(total=len(policies), desc=f"simulate {args.trace} {args.grid} {args.model}", unit="policy",
+               file=sys.stderr, disable=args.quiet)
+    state: dict = {}
+
+    def progress(name: str, frac: float) -> None:
+        prev = state.get(name, 0.0)
+        state[name] = frac
+        bar.update(frac - prev)
+        bar.set_postfix_str(name)
+
+    t0 = time.time()
+    result = simulate(trace, cfg, policies, workers=args.workers, progress=progress)
+    bar.close()
+    result["wall_s"] = time.time() - t0
+    if args.plots:
+        result["plots"] = plots(result, args.plots)
+    if args.json:
+        out = dict(result)
+        if not args.timelines:
+            out.pop("timelines", None)
+        print(_json.dumps(out))
+    else:
+        print(table(result))
+        print(f"({result['wall_s']:.1f} s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("GREENCACHE_LOG_LEVEL", "WARNING"))
     parser = argparse.ArgumentParser(prog="greencache", description=__doc__,
@@ -261,6 +312,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-limit", type=float, default=5.0, help="solver time limit (s)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("simulate", help="replay a request trace and a carbon trace through the autoscaling policies")
+    p.add_argument("--trace", default="mooncake-conversation",
+                   help="mooncake-conversation, mooncake-synthetic, azure-conv, azure-code")
+    p.add_argument("--grid", default="FR", help="bundled grid: FR, DE, US-CAL-CISO, US-MIDA-PJM, US-TEX-ERCO, IN-WE")
+    p.add_argument("--model", default="llama3-8b", help="GPU profile: llama3-8b (1xH100), llama3-70b (4xH100)")
+    p.add_argument("--days", type=float, default=7.0)
+    p.add_argument("--rps", type=float, default=1.0, help="mean request rate after time-scaling")
+    p.add_argument("--diurnal", type=float, default=0.0,
+                   help="synthetic day/night rate cycle amplitude A in [0,1): peak/trough (1+A)/(1-A); 0 = flat")
+    p.add_argument("--start", default="2023-06-01T00:00", help="carbon-trace start (UTC, ISO)")
+    p.add_argument("--policies", default="all", help="'all' or a comma list")
+    p.add_argument("--ssd-embodied-kg-per-gb", type=float, default=0.110)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="policies run in parallel")
+    p.add_argument("--plots", default=None, help="write PNG plots to this directory")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--timelines", action="store_true", help="include hourly timelines in the JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("bench", help="run a benchmark (prints JSON and a table)")
     p.add_argument("what", choices=["serve", "store", "kv-reuse", "planner"])

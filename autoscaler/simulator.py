@@ -1,0 +1,538 @@
+"""Trace-driven simulator: request trace × carbon trace → carbon, energy, SLO attainment per policy.
+
+The policies are the live ones (`autoscaler/policies.py`): the simulator builds an `Observation`
+at each policy's interval, calls `decide`, and applies the `Decision` through simulated
+actuators (`SimReplicas`, `SimCache`), as the live actor does through Serve and the store.
+
+Models (stated, with their sources):
+- **Cache**: an exact chunk-level LRU over the trace's 512-token prefix blocks (capacity in
+  whole chunks of `block_tokens × kv_bytes_per_token`). A request's cached prefix is its
+  leading run of blocks present at arrival; all its full blocks are then saved (write-through).
+  Shrinking evicts from the LRU end at once; growing adds empty space.
+- **Replica** (one vLLM engine on `gpus_per_replica` GPUs), timings from the `PerfModel` of a
+  GPU profile (`autoscaler/data/profiles`):
+  * prefill is served FCFS: service = prefill(uncached tokens) + KV load(cached tokens), and
+    is slowed by the decode work sharing each step: × (1 + step(B)/prefill(chunk));
+  * decode runs as one batch: a request's time per output token is
+    TPOT = step(B, context) + ρ·prefill(chunk), B the sequences decoding on that replica when
+    it starts, ρ the replica's recent prefill busy fraction (60 s EWMA), and `chunk` vLLM's
+    chunked-prefill token budget (`max_num_batched_tokens`, 2,048): steps that carry a
+    prefill chunk take that much longer;
+  * the router sends each request to the ready replica with the least queued prefill work
+    (the shared store makes every replica equally able to hit);
+  * a new replica takes `cold_start_s` to load (powered, idle); a removed replica takes no new
+    work and stays powered until its last request finishes.
+- **Energy**: per GPU, idle power all the time a replica is powered, plus (prefill − idle) W for
+  prefill seconds and (decode − idle) W for each request's share of its decode steps
+  (output × step / B); SSD power per provisioned TB. Operational carbon = energy × PUE × the
+  grid's hourly intensity. Embodied: replica-hours and provisioned GB-hours, amortised
+  (`CarbonConfig`).
+- **SLO** per request: TTFT ≤ max(`ttft_base_s`, `ttft_scale` × its uncached prefill time on an
+  idle replica) and TPOT ≤ `tpot_s`. Attainment is the fraction meeting both.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from autoscaler.carbon import CarbonConfig
+from autoscaler.perf_model import SLO, PerfModel
+from autoscaler.policies import (CarbonThresholdPolicy, Observation, PlannerPolicy, ServeDefaultPolicy,
+                                 StaticPolicy, POLICY_NAMES)
+from autoscaler.workloads import Trace
+
+PROFILES = Path(__file__).parent / "data" / "profiles"
+# name → (profile file, cold start s, TTFT base s, TPOT SLO s, planning utilisation ceiling).
+# The ceiling is the one calibration between the planner's analytic model (M/M/1-style, mean
+# request) and the simulator's per-request queueing: the highest ρ at which a fixed replica
+# count still met ≥ 90 % of the SLO on the Mooncake conversation trace at its peak hour
+# (`python -m benchmarks.sim_calibration`; table in benchmarks/results/README.md).
+MODELS = {
+    "llama3-8b": ("llama3-8b-h100x1.json", 60.0, 1.0, 0.05, 0.33),
+    "llama3-70b": ("llama3-70b-h100x4.json", 180.0, 2.0, 0.15, 0.45),
+}
+
+
+class SimConfig(BaseModel):
+    model: str = Field("llama3-8b", description=f"GPU profile: {sorted(MODELS)}.")
+    grid: str = Field("FR", description="Bundled Electricity Maps grid.")
+    start: str = Field("2023-06-01T00:00", description="Carbon-trace time the simulation starts at (UTC).")
+    ttft_scale: float = Field(5.0, gt=0, description="TTFT SLO: this many × the idle uncached prefill time...")
+    ttft_base_s: Optional[float] = Field(None, description="...but at least this (s); default per model.")
+    tpot_s: Optional[float] = Field(None, description="TPOT SLO (s); default per model.")
+    chunk_tokens: int = Field(2048, gt=0, description="Chunked-prefill token budget per step.")
+    cold_start_s: Optional[float] = Field(None, description="Replica start-up time (s); default per model.")
+    ssd_embodied_kg_per_gb: float = Field(0.110, ge=0, description="SSD embodied factor (kgCO2e/GB).")
+    full_hit_fraction: float = Field(0.95, gt=0, le=1, description="'Full cache' reaches this share of the trace's best hit ratio.")
+    max_replicas: Optional[int] = Field(None, description="Upper bound for adaptive policies; default 2 × the static count.")
+    sample_rate: float = Field(0.02, gt=0, le=1, description="SHARDS rate of the access sample the planners see.")
+    curve_window_s: float = Field(3 * 3600.0, gt=0, description="Access-sample window behind each planning decision (s).")
+    carbon_bands: Sequence[float] = Field((1 / 3, 2 / 3), description="Carbon-threshold quantiles of the grid's year.")
+    horizon_slots: int = Field(12, ge=1)
+    solver_time_limit_s: float = Field(2.0, gt=0)
+
+
+def model_perf(model: str) -> tuple[PerfModel, dict]:
+    prof = json.loads((PROFILES / MODELS[model][0]).read_text())
+    return PerfModel.fit(prof), prof["meta"]
+
+
+# ---- simulated actuators -----------------------------------------------------------------
+class SimCache:
+    """Exact LRU over chunk ids; capacity in whole chunks."""
+
+    def __init__(self, chunk_bytes: int) -> None:
+        self.chunk_bytes = chunk_bytes
+        self.lru: "OrderedDict[int, None]" = OrderedDict()
+        self.capacity_gb = 0.0
+        self.slots = 0
+
+    def set_capacity(self, gb: float) -> None:
+        self.capacity_gb = float(gb)
+        self.slots = int(gb * 1e9 // self.chunk_bytes)
+        lru = self.lru
+        while len(lru) > self.slots:
+            lru.popitem(last=False)
+
+    def access(self, blocks: list) -> int:
+        """Look up then save one request's blocks; returns the cached prefix length in blocks.
+        Recency is refreshed last block first, so a prefix's first block is the most recently
+        used and eviction trims prefixes from their tails (as vLLM's prefix cache does): an
+        evicted first block would make every later block of the prefix unreachable."""
+        if self.slots <= 0:
+            return 0
+        lru = self.lru
+        hit = 0
+        for b in blocks:
+            if b in lru:
+                hit += 1
+            else:
+                break
+        for b in reversed(blocks):
+            if b in lru:
+                lru.move_to_end(b)
+            else:
+                lru[b] = None
+        while len(lru) > self.slots:
+            lru.popitem(last=False)
+        return hit
+
+
+@dataclass
+class _Replica:
+    ready_at: float
+    free_at: float = 0.0
+    decodes: list = field(default_factory=list)  # heap of decode end times
+    acc: float = 0.0  # EWMA prefill busy seconds
+    acc_t: float = 0.0
+    draining: bool = False
+    last_end: float = 0.0
+    powered_from: float = 0.0
+
+
+class SimReplicas:
+    def __init__(self, cold_start_s: float) -> None:
+        self.cold_start_s = cold_start_s
+        self.active: list[_Replica] = []
+        self.draining: list[_Replica] = []
+
+    def set_target(self, n: int, t: float, initial: bool = False) -> None:
+        while len(self.active) < n:
+            ready = t if initial else t + self.cold_start_s
+            self.active.append(_Replica(ready_at=ready, free_at=ready, acc_t=t, powered_from=t))
+        while len(self.active) > n:
+            r = self.active.pop()
+            r.draining = True
+            self.draining.append(r)
+
+    def powered(self, t: float) -> int:
+        self.draining = [r for r in self.draining if r.last_end > t]
+        return len(self.active) + len(self.draining)
+
+
+# ---- the simulation ----------------------------------------------------------------------
+@dataclass
+class PolicyResult:
+    policy: str
+    requests: int
+    finished: int
+    total_kg: float
+    operational_kg: float
+    embodied_kg: float
+    energy_kwh: float
+    slo_attainment: float
+    ttft_attainment: float
+    tpot_attainment: float
+    hit_ratio: float
+    replica_hours: float
+    ttft_p50_s: float
+    ttft_p90_s: float
+    tpot_p50_s: float
+    tpot_p90_s: float
+    mean_capacity_gb: float
+    timeline: dict  # hourly: intensity, replicas, capacity_gb
+    reduction_vs_static_pct: Optional[float] = None
+
+    def summary(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "timeline"}
+        return d
+
+
+class Simulation:
+    def __init__(self, trace: Trace, config: Optional[SimConfig] = None, source=None) -> None:
+        from autoscaler.carbon_sources import TraceSource
+
+        self.trace = trace
+        self.cfg = cfg = config or SimConfig()
+        self.perf, meta = model_perf(cfg.model)
+        self.meta = meta
+        _, cold, base, tpot, self.max_utilisation = MODELS[cfg.model]
+        self.cold_start_s = cfg.cold_start_s if cfg.cold_start_s is not None else cold
+        self.ttft_base_s = cfg.ttft_base_s if cfg.ttft_base_s is not None else base
+        self.tpot_s = cfg.tpot_s if cfg.tpot_s is not None else tpot
+        self.carbon = CarbonConfig(gpus_per_replica=int(meta["gpus_per_replica"]),
+                                   ssd_embodied_kg_per_gb=cfg.ssd_embodied_kg_per_gb)
+        self.chunk_bytes = int(trace.block_tokens * meta["kv_bytes_per_token"])
+        self.source = source or TraceSource.grid(cfg.grid)
+        self.start = datetime.fromisoformat(cfg.start).replace(tzinfo=timezone.utc)
+        self.hours = int(math.ceil(max(trace.duration_s, 1.0) / 3600)) + 1
+        self.intensity = np.array(self.source.forecast(self.start, self.hours))
+        # SHARDS filter on chunk ids (a stable multiplicative hash): what the engines publish live
+        # The access stream in the order the cache sees recency: each request's blocks reversed.
+        nb = np.diff(trace.block_ptr)
+        req = np.repeat(np.arange(len(trace)), nb)
+        pos = np.arange(len(trace.blocks)) - trace.block_ptr[req]
+        self.stream = trace.blocks[trace.block_ptr[req] + nb[req] - 1 - pos] if len(trace.blocks) else trace.blocks
+        h = (self.stream.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
+        self.sampled = h < np.uint64(int(cfg.sample_rate * (1 << 24)))
+        self.blocks_list = trace.blocks.tolist()
+        self._provision()
+
+    # ---- provisioning: what an operator sizes the static deployments for -----------------
+    def _provision(self) -> None:
+        from autoscaler.hitrate import HitRateCurve
+
+        cfg, tr = self.cfg, self.trace
+        end = min(len(tr), int(np.searchsorted(tr.arrival_s, 6 * 3600)))  # the first 6 hours
+        sel = self.sampled[: tr.block_ptr[end]]
+        sample = self.stream[: tr.block_ptr[end]][sel]
+        r = cfg.sample_rate
+        curve = HitRateCurve.from_stream(((int(k), 1) for k in sample), chunk_bytes=self.chunk_bytes,
+                                         expected_weight=r * int(tr.block_ptr[end]))
+        best = curve.hit_ratio(math.inf)
+        # capacity ladder: the smallest power-of-two × 1 chunk-GB reaching full_hit_fraction of best
+        unit = self.chunk_bytes / 1e9
+        full = unit
+        while curve.hit_ratio(full * 1e9 * r) < cfg.full_hit_fraction * best and full < 1e6:
+            full *= 2
+        self.full_capacity_gb = float(round(full, 1))
+        self.capacities_gb = [0.0] + [round(self.full_capacity_gb / 2 ** k, 1) for k in range(6, -1, -1)]
+        self.best_hit_ratio = best
+        hours = np.bincount((tr.arrival_s // 3600).astype(int))
+        self.peak_rps = float(hours[:-1].max() / 3600) if len(hours) > 1 else float(hours.max() / 3600)
+        self.mean_rps = len(tr) / max(tr.duration_s, 1.0)
+        self.mean_prompt = float(tr.prompt_tokens.mean())
+        self.effective_prompt = self.perf.effective_prompt_tokens(tr.prompt_tokens)
+        self.mean_output = float(tr.output_tokens.mean())
+        slo = self.planner_slo()
+        h_full = curve.hit_ratio(self.full_capacity_gb * 1e9 * r)
+        self.static_replicas = self.perf.rmin(self.peak_rps, self.effective_prompt, self.mean_output, h_full, slo)
+        self.nocache_replicas = self.perf.rmin(self.peak_rps, self.effective_prompt, self.mean_output, 0.0, slo)
+        self.max_replicas = cfg.max_replicas or max(2, 2 * max(self.static_replicas, self.nocache_replicas))
+
+    def planner_slo(self) -> SLO:
+        """The SLO the planners plan for: the per-request rule at the mean prompt."""
+        ttft = max(self.ttft_base_s, self.cfg.ttft_scale * self.perf.prefill_s(self.effective_prompt))
+        return SLO(ttft_s=ttft, tpot_s=self.tpot_s, max_utilisation=self.max_utilisation)
+
+    def autoscaler_config(self, name: str = "joint-milp"):
+        """The live actor's configuration that runs planner policy `name` on this scenario:
+        cache-ilp pins replicas to the static count, joint-milp ranges over 1..max_replicas."""
+        from autoscaler.actor import AutoscalerConfig
+
+        slo = self.planner_slo()
+        lo, hi = (self.static_replicas, self.static_replicas) if name == "cache-ilp" else (1, self.max_replicas)
+        return AutoscalerConfig(
+            grid=self.cfg.grid, trace_start=self.cfg.start, min_replicas=lo, max_replicas=hi,
+            capacities_gb=self.capacities_gb, horizon_slots=self.cfg.horizon_slots,
+            solver_time_limit_s=self.cfg.solver_time_limit_s, profile_path=str(PROFILES / MODELS[self.cfg.model][0]),
+            ttft_slo_s=slo.ttft_s, tpot_slo_s=slo.tpot_s, max_utilisation=slo.max_utilisation,
+            prompt_tokens=self.effective_prompt, output_tokens=self.mean_output, carbon=self.carbon)
+
+    def make_policy(self, name: str):
+        full = self.full_capacity_gb
+        if name == "static":
+            return StaticPolicy("static", self.static_replicas, full)
+        if name == "no-cache":
+            return StaticPolicy("no-cache", self.nocache_replicas, 0.0)
+        if name == "serve-default":
+            return ServeDefaultPolicy(1, self.max_replicas, full)
+        if name == "carbon-threshold":
+            year = np.array(self.source.forecast(self.start.replace(month=1, day=1, hour=0), 8760))
+            th = [float(np.quantile(year, q)) for q in self.cfg.carbon_bands]
+            # ceilings: clean third → max_replicas; middle → the peak-provisioned count;
+            # dirty third → 3/4 of it (KEDA carbon-aware scaler style: carbon over SLO)
+            caps = (1.0, self.static_replicas / self.max_replicas, 0.75 * self.static_replicas / self.max_replicas)
+            return CarbonThresholdPolicy(1, self.max_replicas, full, th, caps=caps)
+        if name in ("cache-ilp", "joint-milp"):
+            # built exactly as the live actor builds its policy, from an AutoscalerConfig
+            return PlannerPolicy.from_autoscaler_config(self.autoscaler_config(name), self.perf, name=name)
+        raise ValueError(f"unknown policy {name!r}; choose from {list(POLICY_NAMES)}")
+
+    # ---- observation ---------------------------------------------------------------------
+    def observe(self, t: float, interval_s: float, replicas: SimReplicas, cache: SimCache, ongoing: int,
+                want_sample: bool) -> Observation:
+        tr = self.trace
+        i1 = int(np.searchsorted(tr.arrival_s, t))
+        i0 = int(np.searchsorted(tr.arrival_s, t - interval_s))
+        rate = (i1 - i0) / interval_s if t > 0 else self.mean_rps  # first decision: provisioning rate
+        sample: list = []
+        mp = mo = ep = None
+        window = None
+        if want_sample:
+            w0 = int(np.searchsorted(tr.arrival_s, t - self.cfg.curve_window_s))
+            a, b = int(tr.block_ptr[w0]), int(tr.block_ptr[i1])
+            sample = self.stream[a:b][self.sampled[a:b]].tolist()
+            window = b - a
+            if i1 > i0:
+                mp, mo = float(tr.prompt_tokens[i0:i1].mean()), float(tr.output_tokens[i0:i1].mean())
+                ep = self.perf.effective_prompt_tokens(tr.prompt_tokens[i0:i1])
+        hour = int(t // 3600)
+        return Observation(
+            trace_time=self.start + timedelta(seconds=t),
+            intensity_forecast=[float(x) for x in self.intensity[hour:hour + self.cfg.horizon_slots]] or [0.0],
+            arrival_rps=rate, ongoing_requests=float(ongoing), current_replicas=len(replicas.active),
+            current_capacity_gb=cache.capacity_gb, access_sample=sample, sample_rate=self.cfg.sample_rate,
+            chunk_bytes=self.chunk_bytes, window_accesses=window, mean_prompt_tokens=mp, mean_output_tokens=mo,
+            effective_prompt_tokens=ep, now_s=t)
+
+    # ---- run one policy ------------------------------------------------------------------
+    def run(self, policy, progress: Optional[Callable[[float], None]] = None) -> PolicyResult:
+        tr, perf, carbon = self.trace, self.perf, self.carbon
+        n = len(tr)
+        arr = tr.arrival_s.tolist()
+        prompt = tr.prompt_tokens.tolist()
+        output = tr.output_tokens.tolist()
+        ptr = tr.block_ptr.tolist()
+        blocks = self.blocks_list
+        bt = tr.block_tokens
+        gpus = carbon.gpus_per_replica
+        pw = carbon.power
+        load_s = perf.load_s_per_token.get("disk", 0.0)
+        a, b, c = perf.a, perf.b, perf.c
+        d, e, f = perf.d, perf.e, perf.f
+        chunk_s = perf.prefill_s(self.cfg.chunk_tokens)
+        tau = 60.0
+        ttft_base, ttft_scale, tpot_slo = self.ttft_base_s, self.cfg.ttft_scale, self.tpot_s
+
+        cache = SimCache(self.chunk_bytes)
+        reps = SimReplicas(self.cold_start_s)
+        ends: list[float] = []  # global heap of request end times (in-flight count)
+        wants_sample = isinstance(policy, PlannerPolicy)
+        first = policy.decide(self.observe(0.0, policy.interval_s, reps, cache, 0, wants_sample))
+        reps.set_target(first.replicas, 0.0, initial=True)
+        cache.set_capacity(first.capacity_gb)
+
+        H = self.hours
+        idle_j = np.zeros(H)  # GPU idle energy (J), per hour
+        busy_j = np.zeros(H)  # GPU energy above idle (J)
+        store_j = np.zeros(H)
+        rep_s = np.zeros(H)  # replica-seconds
+        gb_s = np.zeros(H)  # provisioned GB-seconds
+        tl_rep = np.zeros(H)
+        tl_cap = np.zeros(H)
+        ttft = np.empty(n)
+        tpot = np.empty(n)
+        finish = np.full(n, np.nan)
+        done_count = np.zeros(n, dtype=np.int8)
+        hit_tokens = 0
+        prompt_tokens_total = 0
+        acct_dt = 60.0
+        next_acct = acct_dt
+        last_acct = 0.0
+        next_tick = policy.interval_s
+        prog_every = max(1, n // 200)
+
+        def account(t_now: float) -> None:
+            nonlocal last_acct
+            dt = t_now - last_acct
+            if dt <= 0:
+                return
+            h = min(int(last_acct // 3600), H - 1)
+            p = reps.powered(last_acct)
+            rep_s[h] += p * dt
+            idle_j[h] += p * gpus * pw.idle_w * dt
+            gb_s[h] += cache.capacity_gb * dt
+            store_j[h] += carbon.storage_w(cache.capacity_gb, 0.0) * dt
+            tl_rep[h] = len(reps.active)
+            tl_cap[h] = cache.capacity_gb
+            last_acct = t_now
+
+        def tick_until(t_now: float) -> None:
+            nonlocal next_acct, next_tick
+            while True:
+                nt = min(next_acct, next_tick)
+                if nt > t_now:
+                    return
+                account(nt)
+                if nt == next_tick:
+                    while ends and ends[0] <= nt:
+                        heapq.heappop(ends)
+                    dec = policy.decide(self.observe(nt, policy.interval_s, reps, cache, len(ends), wants_sample))
+                    reps.set_target(dec.replicas, nt)
+                    cache.set_capacity(dec.capacity_gb)
+                    next_tick += policy.interval_s
+                if nt == next_acct:
+                    next_acct += acct_dt
+
+        for i in range(n):
+            t = arr[i]
+            if t >= next_acct or t >= next_tick:
+                tick_until(t)
+            P = prompt[i]
+            O = output[i]
+            hit = cache.access(blocks[ptr[i]:ptr[i + 1]])
+            cached = hit * bt
+            if cached >= P:
+                cached = P - 1
+            unc = P - cached
+            pre = a + b * unc + c * unc * unc
+            service = pre + load_s * cached
+            # route: the ready replica with the least queued prefill work
+            best = None
+            best_start = math.inf
+            for r in reps.active:
+                s0 = r.free_at if r.free_at > t else t
+                if r.ready_at > s0:
+                    s0 = r.ready_at
+                if s0 < best_start:
+                    best_start, best = s0, r
+            r = best
+            dq = r.decodes
+            while dq and dq[0] <= best_start:
+                heapq.heappop(dq)
+            B = len(dq)
+            ctx = P + O / 2
+            step_now = d + e * B + f * B * ctx if B else 0.0
+            service_eff = service * (1.0 + step_now / chunk_s)
+            done_pre = best_start + service_eff
+            r.free_at = done_pre
+            # prefill busy fraction (EWMA over tau seconds)
+            r.acc = r.acc * math.exp(-(best_start - r.acc_t) / tau) + service_eff if best_start > r.acc_t else r.acc + service_eff
+            if best_start > r.acc_t:
+                r.acc_t = best_start
+            rho = r.acc / tau
+            if rho > 1.0:
+                rho = 1.0
+            while dq and dq[0] <= done_pre:
+                heapq.heappop(dq)
+            B = len(dq) + 1
+            step = d + e * B + f * B * ctx
+            tp = step + rho * chunk_s
+            end = done_pre + O * tp
+            heapq.heappush(dq, end)
+            heapq.heappush(ends, end)
+            if end > r.last_end:
+                r.last_end = end
+            tt = done_pre - t
+            ttft[i] = tt
+            tpot[i] = tp
+            finish[i] = end
+            done_count[i] += 1
+            h = int(best_start // 3600)
+            if h >= H:
+                h = H - 1
+            busy_j[h] += gpus * ((pw.prefill_w - pw.idle_w) * service + (pw.decode_w - pw.idle_w) * O * step / B)
+            hit_tokens += cached
+            prompt_tokens_total += P
+            if progress is not None and i % prog_every == 0:
+                progress(i / n)
+        t_end = max(float(np.nanmax(finish)) if n else 0.0, tr.duration_s)
+        tick_until(min(t_end, (H - 1) * 3600.0))
+        account(min(t_end, H * 3600.0 - 1))
+        if progress is not None:
+            progress(1.0)
+
+        # carbon
+        ci = self.intensity[:H]
+        energy_j = idle_j + busy_j + store_j
+        op_g = float(np.sum(energy_j / 3.6e6 * carbon.pue * ci))
+        rep_h = rep_s / 3600
+        emb_g = float(np.sum(rep_h) * carbon.replica_embodied_g_per_h()
+                      + np.sum(gb_s / 3600) * carbon.storage_embodied_g_per_h(1.0, 0.0))
+        ttft_ok = ttft <= np.maximum(ttft_base, ttft_scale * (a + b * tr.prompt_tokens + c * tr.prompt_tokens.astype(float) ** 2))
+        tpot_ok = tpot <= tpot_slo
+        both = ttft_ok & tpot_ok
+        hours_run = int(math.ceil(tr.duration_s / 3600))
+        res = PolicyResult(
+            policy=policy.name, requests=n, finished=int(np.sum(done_count == 1)),
+            total_kg=(op_g + emb_g) / 1000, operational_kg=op_g / 1000, embodied_kg=emb_g / 1000,
+            energy_kwh=float(energy_j.sum() / 3.6e6 * carbon.pue), slo_attainment=float(both.mean()) if n else 1.0,
+            ttft_attainment=float(ttft_ok.mean()) if n else 1.0, tpot_attainment=float(tpot_ok.mean()) if n else 1.0,
+            hit_ratio=hit_tokens / prompt_tokens_total if prompt_tokens_total else 0.0,
+            replica_hours=float(rep_h.sum()),
+            ttft_p50_s=float(np.median(ttft)) if n else 0.0, ttft_p90_s=float(np.quantile(ttft, 0.9)) if n else 0.0,
+            tpot_p50_s=float(np.median(tpot)) if n else 0.0, tpot_p90_s=float(np.quantile(tpot, 0.9)) if n else 0.0,
+            mean_capacity_gb=float(np.sum(gb_s) / max(t_end, 1.0)),
+            timeline={"intensity": ci[:hours_run].tolist(), "replicas": tl_rep[:hours_run].tolist(),
+                      "capacity_gb": tl_cap[:hours_run].tolist()},
+        )
+        self.last_finish = finish
+        self.last_done_count = done_count
+        return res
+
+
+def simulate(trace: Trace, config: SimConfig, policies: Sequence[str] = POLICY_NAMES, *, workers: int = 1,
+             progress: Optional[Callable[[str, float], None]] = None) -> dict:
+    """Run `policies` on one trace × grid × model; returns the JSON the CLI prints."""
+    sim = Simulation(trace, config)
+    results: dict[str, PolicyResult] = {}
+    if workers > 1 and len(policies) > 1:
+        import multiprocessing as mp
+
+        global _SIM
+        _SIM = sim  # forked workers inherit it (no pickling of the trace)
+        ctx = mp.get_context("fork")
+        with ctx.Pool(min(workers, len(policies))) as pool:
+            for name, res in zip(policies, pool.imap(_run_one, list(policies))):
+                results[name] = res
+                if progress:
+                    progress(name, 1.0)
+    else:
+        for p in policies:
+            results[p] = sim.run(sim.make_policy(p), progress=(lambda x, p=p: progress(p, x)) if progress else None)
+    if "static" in results:
+        base = results["static"].total_kg
+        for r in results.values():
+            r.reduction_vs_static_pct = 100.0 * (base - r.total_kg) / base if base else None
+    return {
+        "trace": trace.name, "grid": config.grid, "model": config.model, "start": config.start,
+        "days": trace.duration_s / 86400, "requests": len(trace),
+        "provisioning": {"static_replicas": sim.static_replicas, "no_cache_replicas": sim.nocache_replicas,
+                         "max_replicas": sim.max_replicas, "full_capacity_gb": sim.full_capacity_gb,
+                         "capacities_gb": sim.capacities_gb, "peak_rps": sim.peak_rps, "mean_rps": sim.mean_rps,
+                         "best_hit_ratio": sim.best_hit_ratio, "chunk_bytes": sim.chunk_bytes},
+        "slo": {"ttft": f"max({sim.ttft_base_s} s, {config.ttft_scale} x idle uncached prefill)", "tpot_s": sim.tpot_s},
+        "carbon": {"ssd_embodied_kg_per_gb": config.ssd_embodied_kg_per_gb, "pue": sim.carbon.pue,
+                   "gpus_per_replica": sim.carbon.gpus_per_replica,
+                   "mean_intensity_g_per_kwh": float(np.mean(sim.intensity))},
+        "policies": {k: v.summary() for k, v in results.items()},
+        "timelines": {k: v.timeline for k, v in results.items()},
+    }
+
+
+_SIM: Optional[Simulation] = None
+
+
+def _run_one(name: str) -> PolicyResult:
+    return _SIM.run(_SIM.make_policy(name))
