@@ -26,6 +26,8 @@ class RequestResult:
     e2e_s: float = float("nan")
     output_tokens: int = 0
     error: str = ""
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
 
     @property
     def tpot_s(self) -> float:
@@ -91,6 +93,7 @@ async def stream_completion(
     t0 = time.perf_counter()
     ttft = None
     tokens = 0
+    prompt_n = cached_n = 0
     try:
         async with client.stream("POST", url + "/v1/completions", json=body, headers=headers) as r:
             if r.status_code != 200:
@@ -109,10 +112,13 @@ async def stream_completion(
                 usage = payload.get("usage")
                 if usage:
                     tokens = usage.get("completion_tokens", tokens)
+                    prompt_n = usage.get("prompt_tokens", 0)
+                    cached_n = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0) or 0
     except httpx.HTTPError as e:
         return RequestResult(False, error=f"{type(e).__name__}: {e}")
     e2e = time.perf_counter() - t0
-    return RequestResult(True, ttft if ttft is not None else e2e, e2e, tokens)
+    return RequestResult(True, ttft if ttft is not None else e2e, e2e, tokens, prompt_tokens=prompt_n,
+                         cached_tokens=cached_n)
 
 
 async def run_closed_loop(

@@ -151,6 +151,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from benchmarks.bench_kv_reuse import main as bench_main
     elif args.what == "planner":
         from benchmarks.bench_planner import main as bench_main
+    elif args.what == "replay":
+        from benchmarks.replay import main as bench_main
     else:
         print(f"unknown benchmark {args.what!r}", file=sys.stderr)
         return 2
@@ -334,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("bench", help="run a benchmark (prints JSON and a table)")
-    p.add_argument("what", choices=["serve", "store", "kv-reuse", "planner"])
+    p.add_argument("what", choices=["serve", "store", "kv-reuse", "planner", "replay"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
 
