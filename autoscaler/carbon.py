@@ -11,7 +11,7 @@ Defaults and their sources (DESIGN.md):
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import BaseModel, Field
 
@@ -44,10 +44,13 @@ class CarbonConfig(BaseModel):
     storage_life_years: float = Field(4.0, gt=0, description="Amortisation life of SSD and DRAM (years).")
     ssd_power_w_per_tb: float = Field(5.0, ge=0, description="SSD active power per TB provisioned (W/TB).")
     dram_power_w_per_gb: float = Field(0.375, ge=0, description="DRAM power per GB (W/GB), ~3 W per 8 GB DIMM.")
+    gpu_idle_w: Optional[float] = Field(None, ge=0, description="Override the GPU's idle power (W). An H100 holding "
+                                        "a CUDA context and weights measured 120 W, not 75 (benchmarks/results/gpu).")
 
     @property
     def power(self) -> GPUPower:
-        return GPU_POWER[self.gpu]
+        p = GPU_POWER[self.gpu]
+        return p if self.gpu_idle_w is None else p.model_copy(update={"idle_w": self.gpu_idle_w})
 
     # ---- embodied, grams per hour -------------------------------------------------------
     def replica_embodied_g_per_h(self) -> float:

@@ -58,7 +58,7 @@ PROFILES = Path(__file__).parent / "data" / "profiles"
 # count still met ≥ 90 % of the SLO on the Mooncake conversation trace at its peak hour
 # (`python -m benchmarks.sim_calibration`; table in benchmarks/results/README.md).
 MODELS = {
-    "llama3-8b": ("llama3-8b-h100x1.json", 60.0, 1.0, 0.05, 0.33),
+    "llama3-8b": ("llama3-8b-h100x1.json", 60.0, 1.0, 0.05, 0.30),
     "llama3-70b": ("llama3-70b-h100x4.json", 180.0, 2.0, 0.15, 0.45),
 }
 
@@ -73,6 +73,7 @@ class SimConfig(BaseModel):
     chunk_tokens: int = Field(2048, gt=0, description="Chunked-prefill token budget per step.")
     cold_start_s: Optional[float] = Field(None, description="Replica start-up time (s); default per model.")
     ssd_embodied_kg_per_gb: float = Field(0.110, ge=0, description="SSD embodied factor (kgCO2e/GB).")
+    gpu_idle_w: Optional[float] = Field(None, ge=0, description="GPU idle power override (W); default 75 (H100).")
     full_hit_fraction: float = Field(0.95, gt=0, le=1, description="'Full cache' reaches this share of the trace's best hit ratio.")
     max_replicas: Optional[int] = Field(None, description="Upper bound for adaptive policies; default 2 × the static count.")
     sample_rate: float = Field(0.02, gt=0, le=1, description="SHARDS rate of the access sample the planners see.")
@@ -201,7 +202,7 @@ class Simulation:
         self.ttft_base_s = cfg.ttft_base_s if cfg.ttft_base_s is not None else base
         self.tpot_s = cfg.tpot_s if cfg.tpot_s is not None else tpot
         self.carbon = CarbonConfig(gpus_per_replica=int(meta["gpus_per_replica"]),
-                                   ssd_embodied_kg_per_gb=cfg.ssd_embodied_kg_per_gb)
+                                   ssd_embodied_kg_per_gb=cfg.ssd_embodied_kg_per_gb, gpu_idle_w=cfg.gpu_idle_w)
         self.chunk_bytes = int(trace.block_tokens * meta["kv_bytes_per_token"])
         self.source = source or TraceSource.grid(cfg.grid)
         self.start = datetime.fromisoformat(cfg.start).replace(tzinfo=timezone.utc)
@@ -523,7 +524,8 @@ def simulate(trace: Trace, config: SimConfig, policies: Sequence[str] = POLICY_N
                          "capacities_gb": sim.capacities_gb, "peak_rps": sim.peak_rps, "mean_rps": sim.mean_rps,
                          "best_hit_ratio": sim.best_hit_ratio, "chunk_bytes": sim.chunk_bytes},
         "slo": {"ttft": f"max({sim.ttft_base_s} s, {config.ttft_scale} x idle uncached prefill)", "tpot_s": sim.tpot_s},
-        "carbon": {"ssd_embodied_kg_per_gb": config.ssd_embodied_kg_per_gb, "pue": sim.carbon.pue,
+        "carbon": {"ssd_embodied_kg_per_gb": config.ssd_embodied_kg_per_gb, "gpu_idle_w": sim.carbon.power.idle_w,
+                   "pue": sim.carbon.pue,
                    "gpus_per_replica": sim.carbon.gpus_per_replica,
                    "mean_intensity_g_per_kwh": float(np.mean(sim.intensity))},
         "policies": {k: v.summary() for k, v in results.items()},

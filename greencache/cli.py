@@ -248,7 +248,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     try:
         trace = load_trace(args.trace, days=args.days, rps=args.rps, seed=args.seed, diurnal=args.diurnal)
         cfg = SimConfig(model=args.model, grid=args.grid, start=args.start,
-                        ssd_embodied_kg_per_gb=args.ssd_embodied_kg_per_gb)
+                        ssd_embodied_kg_per_gb=args.ssd_embodied_kg_per_gb, gpu_idle_w=args.gpu_idle_w)
     except (ValueError, KeyError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -327,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start", default="2023-06-01T00:00", help="carbon-trace start (UTC, ISO)")
     p.add_argument("--policies", default="all", help="'all' or a comma list")
     p.add_argument("--ssd-embodied-kg-per-gb", type=float, default=0.110)
+    p.add_argument("--gpu-idle-w", type=float, default=None,
+                   help="GPU idle power (W); default 75 for H100, measured 120 with a model loaded")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="policies run in parallel")
     p.add_argument("--plots", default=None, help="write PNG plots to this directory")

@@ -13,7 +13,13 @@ median `prompt_time` at batch 1 for prompts 128–8,192; decode = median `token_
 1–64 with 512-token prompts. Longer contexts add vidur's attention-decode cost (legacy A100
 table, 70B geometry at TP2; ×1/2 for TP4, ×1/1.6 for H100's HBM bandwidth).
 
-Llama-3-8B on 1×H100 (TP1), *derived* (no end-to-end measurement exists in the data): vidur's
+Llama-3-8B on 1×H100 (TP1), *measured* when `benchmarks/results/gpu/` holds runs of
+scripts/gpu_measure_llama8b.py (it does: H100 80GB HBM3, Llama-3-8B shapes, random weights,
+PyTorch): per point the median over runs. The kernel-derived profile below is then written to
+benchmarks/results/gpu/llama3-8b-h100x1-kernel-derived.json for comparison (it overestimates the
+measurement by ~1.3× on prefill and ~1.2× on decode; benchmarks/results/gpu/README.md).
+
+Llama-3-8B, *derived* (the fallback; no end-to-end measurement exists in ../shared/data): vidur's
 H100 Llama-2-7B per-layer linear/norm kernel medians × the A100 Llama-3-8B / Llama-2-7B ratio at
 the same token count, plus attention from the legacy A100 table (same q-head geometry at TP1;
 prefill ×1/2 for H100 FLOPs, decode ×2 for 8 KV heads and ×1/1.6 for bandwidth), × 32 layers.
@@ -40,6 +46,7 @@ import numpy as np
 LIN_OPS = ("attn_pre_proj", "attn_rope", "attn_post_proj", "input_layernorm", "post_attention_layernorm",
            "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
 NVME_BYTES_PER_S = 12e9
+MEASURED_8B_DIR = Path("benchmarks/results/gpu")
 
 
 def lin_ms(path: Path, tp: int) -> dict[int, float]:
@@ -90,10 +97,33 @@ def splitwise(path: Path):
             {b: statistics.median(v) for b, v in sorted(dec.items())})
 
 
+def measured_8b(paths: list[str], derived_meta: dict) -> dict:
+    """The 8B profile from H100 measurements: per point, the median over runs of each run's median."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    pre, dec = defaultdict(list), defaultdict(list)
+    for r in runs:
+        for p in r["prefill"]:
+            pre[p["tokens"]].append(p["latency_s"])
+        for p in r["decode"]:
+            dec[(p["batch"], p["context"])].append(p["latency_s"])
+    meta = dict(derived_meta)
+    meta.pop("calibration", None)
+    meta.update(source=f"measured on {runs[0]['meta']['gpu']} ({runs[0]['meta']['nvidia_smi']}), PyTorch "
+                f"{runs[0]['meta']['torch']}, Llama-3-8B shapes with random bf16 weights, "
+                "scripts/gpu_measure_llama8b.py (prefill eager SDPA, decode in a CUDA graph); "
+                f"median of {len(runs)} runs", measurements=paths)
+    return {"prefill": [[n, statistics.median(v)] for n, v in sorted(pre.items())],
+            "decode": [[b, statistics.median(v), ctx] for (b, ctx), v in sorted(dec.items(), key=lambda kv: kv[0][::-1])],
+            "kv_load_s_per_token": {"disk": derived_meta["kv_bytes_per_token"] / NVME_BYTES_PER_S}, "meta": meta}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="../shared/data/profiles")
     ap.add_argument("--out", default="autoscaler/data/profiles")
+    ap.add_argument("--measured-8b", nargs="*", default=sorted(str(p) for p in MEASURED_8B_DIR.glob(
+        "llama3-8b-h100-pytorch-run*.json")), help="H100 measurements from scripts/gpu_measure_llama8b.py; "
+        "when given, the 8B profile is built from them and the kernel-derived one is kept for comparison")
     a = ap.parse_args()
     data, out = Path(a.data), Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,6 +187,9 @@ def main() -> None:
                  "ratio + vidur legacy A100 attention, × 70B measured/kernel calibration (proxy, not measured)",
                  "calibration": {"prefill_measured_over_kernel": pre_cal, "decode_measured_over_kernel": dec_cal},
                  "nvme_bytes_per_s": NVME_BYTES_PER_S, "derived_by": "scripts/derive_gpu_profiles.py"}}
+    if a.measured_8b:
+        (MEASURED_8B_DIR / "llama3-8b-h100x1-kernel-derived.json").write_text(json.dumps(prof8, indent=1) + "\n")
+        prof8 = measured_8b(a.measured_8b, prof8["meta"])
     for name, prof in (("llama3-8b-h100x1", prof8), ("llama3-70b-h100x4", prof70)):
         (out / f"{name}.json").write_text(json.dumps(prof, indent=1) + "\n")
         print(f"wrote {out / name}.json: 2048-token prefill "

@@ -177,6 +177,18 @@ def test_ssd_embodied_factor_moves_only_storage_carbon():
     assert hi.operational_kg == pytest.approx(lo.operational_kg)
 
 
+def test_gpu_idle_power_override_charges_only_the_idle_time():
+    tr = _small(days=0.1)
+    run = lambda w: Simulation(tr, SimConfig(gpu_idle_w=w)).run(StaticPolicy("s", 3, 0.0))  # noqa: E731
+    base, idle, idle2 = run(None), run(120.0), run(165.0)
+    d1, d2 = idle.energy_kwh - base.energy_kwh, idle2.energy_kwh - base.energy_kwh
+    # busy power is fixed (prefill/decode W), so +45 W idle adds energy only for the powered-but-idle
+    # time: more than nothing, less than 45 W × every replica-hour, and linear in the idle power
+    assert 0 < d1 < 45 * base.replica_hours / 1000
+    assert d2 == pytest.approx(2 * d1, rel=1e-6)
+    assert idle.embodied_kg == pytest.approx(base.embodied_kg)
+
+
 def test_serve_default_policy_is_rays_own_and_scales_on_queue_length():
     from autoscaler.policies import ServeDefaultPolicy
 
