@@ -47,10 +47,17 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/results/simulate")
     ap.add_argument("--days", type=float, default=7.0)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--render-only", action="store_true", help="redo README.md and summary.png from simulate.json")
     a = ap.parse_args(argv)
     days = 1.0 if a.quick else a.days
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.render_only:
+        d = json.loads((out / "simulate.json").read_text())
+        (out / "README.md").write_text(render(d["runs"], d["ssd_sensitivity"], round(d["runs"][0]["days"], 1),
+                                              d.get("idle_sensitivity", [])))
+        summary_plot(d["runs"], out)
+        return 0
     runs = []
     for diurnal in (0.0, 0.5):
         for model in MODELS:
@@ -166,7 +173,7 @@ def summary_plot(runs: list[dict], out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
     for ax, diurnal in zip(axes, (0.0, 0.5)):
         sel = [r for r in rs if r["diurnal"] == diurnal]
-        labels = [f"{r['grid']}\n{r['model'].replace('llama3-', '')}" for r in sel]
+        labels = [f"{r['grid'].split('-')[-1]}\n{r['model'].replace('llama3-', '')}" for r in sel]
         x = np.arange(len(sel))
         for k, name in enumerate(("cache-ilp", "joint-milp", "carbon-threshold")):
             ax.bar(x + (k - 1) * 0.27, [r["policies"][name]["reduction_vs_static_pct"] for r in sel], 0.27, label=name)
