@@ -49,7 +49,8 @@ def _wait_ready(url: str, proc: subprocess.Popen | None, timeout_s: float = 300)
     raise TimeoutError(f"{url} not ready after {timeout_s}s")
 
 
-def start_vllm_server(model: str, port: int, max_model_len: int, log_path: Path) -> subprocess.Popen:
+def start_vllm_server(model: str, port: int, max_model_len: int, log_path: Path,
+                      stream_interval: int = 1) -> subprocess.Popen:
     from greencache.config import engine_env
 
     env = dict(os.environ, **engine_env())
@@ -58,7 +59,7 @@ def start_vllm_server(model: str, port: int, max_model_len: int, log_path: Path)
         "--model", model, "--served-model-name", MODEL_NAME,
         "--host", "127.0.0.1", "--port", str(port),
         "--enforce-eager", "--max-model-len", str(max_model_len),
-        "--uvicorn-log-level", "warning",
+        "--uvicorn-log-level", "warning", "--stream-interval", str(stream_interval),
     ]
     log = open(log_path, "w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--stream-interval-ms", type=float, default=0.0,
                    help="GreenCache replica stream coalescing (0 = one message per engine step, like vLLM)")
+    p.add_argument("--engine-stream-interval", type=int, default=1,
+                   help="vLLM's --stream-interval (tokens per streamed output after the first), set on BOTH engines")
     p.add_argument("--probe-requests", type=int, default=24,
                    help="requests per system at concurrency 1 (pure path latency, no queueing)")
     args = p.parse_args(argv)
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = ServeConfig(model=args.model, port=_free_port(), num_replicas=1, max_model_len=args.max_model_len,
                          stream_interval_ms=args.stream_interval_ms,
+                         engine_kwargs={"stream_interval": args.engine_stream_interval},
                          autoscaler=AutoscalerConfig(enabled=False), kv_store=KVStoreConfig(enabled=False))
     model_dir, _ = config.resolved_model()
     config = config.model_copy(update={"model": model_dir, "served_model_name": MODEL_NAME})
@@ -110,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = Path(config.home) / "bench"
     log_dir.mkdir(parents=True, exist_ok=True)
     vllm_port = _free_port()
-    vllm_proc = start_vllm_server(model_dir, vllm_port, args.max_model_len, log_dir / "vllm_server.log")
+    vllm_proc = start_vllm_server(model_dir, vllm_port, args.max_model_len, log_dir / "vllm_server.log",
+                                  stream_interval=args.engine_stream_interval)
     systems: dict[str, str] = {}
     rounds: dict[str, list[dict]] = {"greencache": [], "vllm": []}
     merged: dict[str, LoadResult] = {"greencache": LoadResult(), "vllm": LoadResult()}
@@ -173,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         "failed_greencache": g["failed"],
         "failed_vllm": v["failed"],
         "targets": {"throughput_ratio_min": 0.9, "ttft_p50_overhead_ms_max": 10.0},
-        "config": {"stream_interval_ms": args.stream_interval_ms, "requests_per_round": args.requests, "concurrency": args.concurrency,
+        "config": {"stream_interval_ms": args.stream_interval_ms, "engine_stream_interval": args.engine_stream_interval, "requests_per_round": args.requests, "concurrency": args.concurrency,
                    "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
                    "rounds": args.rounds, "model": model_dir, "cpus": os.cpu_count()},
         "rounds": rounds,

@@ -115,6 +115,7 @@ class LLMReplica:
         params = SamplingParams(output_kind=RequestOutputKind.DELTA, **request["sampling"])
         interval_s = self.config.stream_interval_ms / 1000.0
         first = True
+        shown = False  # has visible text gone out yet? (a first token can detokenize to "")
         async for out in self.engine.generate(
             {"prompt_token_ids": request["prompt_token_ids"]},
             params,
@@ -134,9 +135,12 @@ class LLMReplica:
                 chunk["cached_tokens"] = int(out.num_cached_tokens or 0)
                 chunk["stop_reason"] = comp.stop_reason
             yield chunk
-            if interval_s and not out.finished:
+            shown = shown or bool(comp.text)
+            if interval_s and shown and not out.finished:
                 # Coalesce: vLLM's DELTA collector merges the tokens produced while we wait, so
-                # each Ray/SSE message carries several tokens (the first is never delayed).
+                # each Ray/SSE message carries several tokens. Never before the first visible
+                # text: a first token that is an incomplete UTF-8 byte detokenizes to "", and
+                # delaying the next one would delay what the user first sees.
                 await asyncio.sleep(interval_s)
 
     async def store_stats(self) -> dict[str, Any]:

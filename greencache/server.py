@@ -19,6 +19,11 @@ logger = logging.getLogger("greencache.server")
 # messages per request; these cut thread hops and per-request logging on that path. They must
 # be in the environment before Ray starts so every Serve process inherits them.
 SERVE_PERF_ENV = {
+    # Ray starts worker processes at nice 15. The engine restores nice 0 for itself, but the
+    # Serve HTTP proxy and the ingress forward every streamed token: at nice 15 they get ~4% of
+    # a core next to a busy CPU engine (CFS weights 36 vs 1024), which cost +45 ms p50 TTFT at
+    # concurrency 1 on 2 cores (benchmarks/results/README.md). Ray Jobs do the same for drivers.
+    "RAY_worker_niceness": "0",
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
