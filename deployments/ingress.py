@@ -274,20 +274,48 @@ class OpenAIIngress:
             body = render_final("".join(state["text"]), state["finish"], usage())
             return JSONResponse(body, headers=headers)
 
+        # Chunks that arrive while the previous write is in flight go out together: one
+        # message to Serve's proxy instead of one per chunk, and no timer, so nothing waits.
+        pending: asyncio.Queue = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for chunk in it:
+                    pending.put_nowait(chunk)
+                pending.put_nowait(None)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as e:  # surfaced to the client by sse()
+                pending.put_nowait(e if isinstance(e, Exception) else RuntimeError(repr(e)))
+
         async def sse() -> AsyncIterator[bytes]:
             status = "200"
+            pumper = asyncio.get_running_loop().create_task(pump())
             try:
                 account(first)
-                for payload in render_chunk(first, True):
-                    yield b"data: " + json.dumps(payload).encode() + b"\n\n"
-                async for chunk in it:
-                    account(chunk)
-                    for payload in render_chunk(chunk, False):
-                        yield b"data: " + json.dumps(payload).encode() + b"\n\n"
+                out = [b"data: " + json.dumps(p).encode() + b"\n\n" for p in render_chunk(first, True)]
+                yield b"".join(out)
+                done = False
+                while not done:
+                    items = [await pending.get()]
+                    while not pending.empty():
+                        items.append(pending.get_nowait())
+                    out = []
+                    for chunk in items:
+                        if chunk is None:
+                            done = True
+                            break
+                        if isinstance(chunk, Exception):
+                            raise chunk
+                        account(chunk)
+                        out += [b"data: " + json.dumps(p).encode() + b"\n\n" for p in render_chunk(chunk, False)]
+                    if out:
+                        yield b"".join(out)
                 if include_usage:
                     yield b"data: " + json.dumps(render_chunk(None, False, usage())[0]).encode() + b"\n\n"
             except asyncio.CancelledError:
                 status = "499"  # client went away
+                pumper.cancel()
                 gen.cancel()
                 raise
             except Exception as e:
