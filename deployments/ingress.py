@@ -37,6 +37,11 @@ logger = logging.getLogger("greencache.ingress")
 app = FastAPI(title="GreenCache OpenAI-compatible API")
 
 
+def _sse(payload: dict) -> bytes:
+    """One server-sent event."""
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
 def _error_response(err: APIError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status)
 
@@ -292,27 +297,26 @@ class OpenAIIngress:
             status = "200"
             pumper = asyncio.get_running_loop().create_task(pump())
             try:
-                account(first)
-                out = [b"data: " + json.dumps(p).encode() + b"\n\n" for p in render_chunk(first, True)]
-                yield b"".join(out)
-                done = False
+                batch, is_first, done = [first], True, False
                 while not done:
-                    items = [await pending.get()]
-                    while not pending.empty():
-                        items.append(pending.get_nowait())
                     out = []
-                    for chunk in items:
+                    for chunk in batch:
                         if chunk is None:
                             done = True
                             break
                         if isinstance(chunk, Exception):
                             raise chunk
                         account(chunk)
-                        out += [b"data: " + json.dumps(p).encode() + b"\n\n" for p in render_chunk(chunk, False)]
+                        out += [_sse(p) for p in render_chunk(chunk, is_first)]
+                        is_first = False
                     if out:
                         yield b"".join(out)
+                    if not done:
+                        batch = [await pending.get()]
+                        while not pending.empty():
+                            batch.append(pending.get_nowait())
                 if include_usage:
-                    yield b"data: " + json.dumps(render_chunk(None, False, usage())[0]).encode() + b"\n\n"
+                    yield _sse(render_chunk(None, False, usage())[0])
             except asyncio.CancelledError:
                 status = "499"  # client went away
                 pumper.cancel()
@@ -323,7 +327,7 @@ class OpenAIIngress:
                 logger.exception("stream failed")
                 err = APIError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error",
                                code="internal_error")
-                yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
+                yield _sse(err.body())
             finally:
                 finish_metrics(status)
             yield b"data: [DONE]\n\n"

@@ -32,6 +32,8 @@ def _restore_engine_priority() -> None:
     threads then lose to every normal-priority process on the node, and on a small machine
     that costs throughput and latency. Engine processes spawned afterwards inherit this value.
     Lowering niceness needs CAP_SYS_NICE; without it we keep Ray's value and say so.
+    `greencache serve` also starts Ray with `RAY_worker_niceness=0` (greencache/server.py), which
+    covers the proxy and ingress too; this stays for clusters started without it.
     """
     target = int(os.environ.get("GREENCACHE_ENGINE_NICE", "0"))
     try:

@@ -69,16 +69,16 @@ def main() -> None:
         rows_d.append({"batch": b, "context": ctx, "measured_s": m, "profile_s": prof,
                        "profile_over_measured": prof / m if prof else None})
 
-    def long_points(points, key):
-        return [p["avg_power_w"] for p in points if "avg_power_w" in p and p["iters"] * p["latency_s"] >= 3.5
-                and key(p)]
+    def long_points(points):
+        """Power of the loops that ran ≥ 3.5 s (long enough for NVML's energy counter)."""
+        return [p["avg_power_w"] for p in points if "avg_power_w" in p and p["iters"] * p["latency_s"] >= 3.5]
     power = {
         "idle_w": statistics.median(r["power"]["idle_before_load_w"] for r in runs if "idle_before_load_w" in r["power"]),
         "idle_weights_loaded_w": statistics.median(r["power"]["idle_weights_loaded_w"] for r in runs
                                                    if "idle_weights_loaded_w" in r["power"]),
-        "prefill_w": statistics.median(long_points(pre[2048], lambda p: True)),
-        "decode_w_by_point": {f"B={b},ctx={c}": statistics.median(long_points(dec[(b, c)], lambda p: True))
-                              for (b, c) in dec if long_points(dec[(b, c)], lambda p: True)},
+        "prefill_w": statistics.median(long_points(pre[2048])),
+        "decode_w_by_point": {f"B={b},ctx={c}": statistics.median(long_points(dec[(b, c)]))
+                              for (b, c) in dec if long_points(dec[(b, c)])},
     }
     ratios_p = [r["profile_over_measured"] for r in rows_p if r["profile_over_measured"] and r["tokens"] >= 512]
     ratios_d = [r["profile_over_measured"] for r in rows_d if r["profile_over_measured"]]
@@ -107,9 +107,10 @@ def main() -> None:
                   f"{DEFAULT_POWER_W['prefill']:.0f} |"]
         lines += [f"| decode, {k} | {v:.0f} | {DEFAULT_POWER_W['decode']:.0f} |"
                   for k, v in power["decode_w_by_point"].items()]
-        Path(args.out).write_text(Path(args.out).read_text().split("<!-- table -->")[0] + "<!-- table -->\n\n"
-                                  + "\n".join(lines) + "\n") if Path(args.out).exists() else \
-            Path(args.out).write_text("\n".join(lines) + "\n")
+        # keep the hand-written text above the marker, replace the tables below it
+        out_path = Path(args.out)
+        head = out_path.read_text().split("<!-- table -->")[0] if out_path.exists() else ""
+        out_path.write_text(head + "<!-- table -->\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
