@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="GreenCache replica stream coalescing (0 = one message per engine step, like vLLM)")
     p.add_argument("--engine-stream-interval", type=int, default=1,
                    help="vLLM's --stream-interval (tokens per streamed output after the first), set on BOTH engines")
+    p.add_argument("--no-direct-ingress", action="store_true",
+                   help="GreenCache through Ray Serve's HTTP proxy (one more process per streamed token)")
     p.add_argument("--probe-requests", type=int, default=24,
                    help="requests per system at concurrency 1 (pure path latency, no queueing)")
     args = p.parse_args(argv)
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from greencache.config import KVStoreConfig
 
     config = ServeConfig(model=args.model, port=_free_port(), num_replicas=1, max_model_len=args.max_model_len,
-                         stream_interval_ms=args.stream_interval_ms,
+                         stream_interval_ms=args.stream_interval_ms, direct_ingress=not args.no_direct_ingress,
                          engine_kwargs={"stream_interval": args.engine_stream_interval},
                          autoscaler=AutoscalerConfig(enabled=False), kv_store=KVStoreConfig(enabled=False))
     model_dir, _ = config.resolved_model()
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "failed_greencache": g["failed"],
         "failed_vllm": v["failed"],
         "targets": {"throughput_ratio_min": 0.9, "ttft_p50_overhead_ms_max": 10.0},
-        "config": {"stream_interval_ms": args.stream_interval_ms, "engine_stream_interval": args.engine_stream_interval,
+        "config": {"direct_ingress": not args.no_direct_ingress, "stream_interval_ms": args.stream_interval_ms, "engine_stream_interval": args.engine_stream_interval,
                    "requests_per_round": args.requests, "concurrency": args.concurrency,
                    "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
                    "rounds": args.rounds, "model": model_dir, "cpus": os.cpu_count()},

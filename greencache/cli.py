@@ -40,6 +40,8 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--stream-interval-ms", type=float, default=0.0,
                    help="coalesce streamed tokens into one message per interval (ms); 0 = every engine step")
+    p.add_argument("--no-direct-ingress", action="store_true",
+                   help="serve the port through Ray Serve's HTTP proxy instead of the ingress replica's own server")
     p.add_argument("--kv-disk-path", default=None, help="disk (NVMe) tier directory (default ~/.greencache/kv-disk)")
     p.add_argument("--kv-disk-gb", type=float, default=4.0, help="disk tier capacity in GB (0 = off)")
     p.add_argument("--kv-memory-gb", type=float, default=0.0, help="per-engine DRAM tier in GB (0 = off)")
@@ -77,6 +79,7 @@ def _serve_config(args: argparse.Namespace):
         engine_kwargs=dict(args.engine_arg),
         api_keys=keys,
         stream_interval_ms=args.stream_interval_ms,
+        direct_ingress=not args.no_direct_ingress,
         kv_store=KVStoreConfig(
             enabled=not args.no_kv_store,
             chunk_tokens=args.kv_chunk_tokens,

@@ -144,8 +144,13 @@ class ServeConfig(BaseModel):
     served_model_name: Optional[str] = Field(
         None, description="Name clients pass as `model`; default: 'greencache-demo' or the directory name."
     )
-    host: str = Field("127.0.0.1", description="Address the HTTP proxy binds to.")
+    host: str = Field("127.0.0.1", description="Address the OpenAI API binds to.")
     port: int = Field(8321, ge=1, le=65535, description="HTTP port of the OpenAI API.")
+    direct_ingress: bool = Field(
+        True,
+        description="The ingress replica serves `port` itself (Ray Serve direct ingress), so a "
+        "streamed token skips the Serve HTTP proxy's hop; False: Serve's HTTP proxy serves it.",
+    )
     num_replicas: int = Field(1, ge=1, description="LLM replicas (each runs one vLLM engine).")
     max_replicas: Optional[int] = Field(
         None, ge=1, description="Upper bound for autoscaling; default: num_replicas."

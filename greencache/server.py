@@ -14,10 +14,10 @@ from greencache.config import ServeConfig
 
 logger = logging.getLogger("greencache.server")
 
-# Ray Serve's throughput settings (a subset of RAY_SERVE_THROUGHPUT_OPTIMIZED, without its
-# direct-ingress mode, which would move the public port). Token streaming makes many small
-# messages per request; these cut thread hops and per-request logging on that path. They must
-# be in the environment before Ray starts so every Serve process inherits them.
+# Ray Serve's throughput settings (RAY_SERVE_THROUGHPUT_OPTIMIZED's list; its direct-ingress
+# mode is set per deployment by `_ingress_env`). Token streaming makes many small messages per
+# request; these cut thread hops and per-request logging on that path. They must be in the
+# environment before Ray starts so every Serve process inherits them.
 SERVE_PERF_ENV = {
     # Ray starts worker processes at nice 15. The engine restores nice 0 for itself, but the
     # Serve HTTP proxy and the ingress forward every streamed token: at nice 15 they get ~4% of
@@ -26,6 +26,8 @@ SERVE_PERF_ENV = {
     "RAY_worker_niceness": "0",
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    # Proxy -> ingress over gRPC. Handles created in a process that imported Serve before this
+    # was set (the driver) stay on Ray object references; the ingress asks for gRPC itself.
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
     "RAY_SERVE_LOG_TO_STDERR": "0",
@@ -33,8 +35,10 @@ SERVE_PERF_ENV = {
 }
 
 
-def start_local_ray(num_cpus: Optional[int] = None) -> None:
-    """Start a single-node Ray bound to 127.0.0.1 (no-op if Ray is already up).
+def start_local_ray(num_cpus: Optional[int] = None, env: Optional[dict[str, str]] = None) -> bool:
+    """Start a single-node Ray bound to 127.0.0.1; False (and nothing done) if Ray is already up.
+
+    `env` is set (overriding) before Ray starts, so every Ray process inherits it.
 
     Ray's CPU count is bookkeeping: we declare at least 4 logical CPUs so an engine replica,
     the ingress and the autoscaler all get scheduled on a 2-core machine.
@@ -44,7 +48,8 @@ def start_local_ray(num_cpus: Optional[int] = None) -> None:
     from ray._private import ray_constants
 
     if ray.is_initialized():
-        return
+        return False
+    os.environ.update(env or {})
     # Ray reads the variable at import; if something imported Ray before us, make the driver
     # agree too, or it would advertise (and connect to) the machine's interface address.
     if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
@@ -62,6 +67,54 @@ def start_local_ray(num_cpus: Optional[int] = None) -> None:
         logging_level=logging.WARNING,
         log_to_driver=os.environ.get("GREENCACHE_RAY_LOGS", "0") == "1",
     )
+    return True
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host if host not in ("", "0.0.0.0") else "127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ingress_env(config: ServeConfig) -> tuple[dict[str, str], int]:
+    """(Serve's ingress settings, the port the Serve HTTP proxy binds).
+
+    Direct ingress: the ingress replica runs its own HTTP server and clients reach it without
+    the Serve proxy, which otherwise relays every streamed token through one more process and
+    RPC. Measured at 8 concurrent streams on 2 cores: the proxy and the ingress used 6.0% and
+    8.5% of a core, the ingress alone 4.8% (benchmarks/results/README.md).
+    Serve gives a direct-ingress replica the lowest free port of [MIN, MAX): a one-port range
+    puts our single ingress replica on the public port. Serve still starts its proxy on the
+    head node; it gets a free port and serves the same app there.
+    """
+    if not config.direct_ingress:
+        return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}, config.port
+    return {
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(config.port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(config.port + 1),
+        # No external load balancer has to see a draining replica go: stop at once, and let
+        # a restarted ingress replica take the port straight back.
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
+        "RAY_SERVE_PORT_QUARANTINE_S": "0",
+    }, _free_port(config.host)
+
+
+def _wait_http(url: str, timeout_s: float = 60.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer /health within {timeout_s:.0f}s")
+        time.sleep(0.2)
 
 
 _owned_redis = None
@@ -90,8 +143,13 @@ def start_serve(config: ServeConfig, *, autoscaling_config: Optional[dict] = Non
     from deployments.app import APP_NAME, build_app
 
     config = _maybe_start_owned_redis(config)
-    start_local_ray()
-    serve.start(http_options={"host": config.host, "port": config.port})
+    env, proxy_port = _ingress_env(config)
+    if not start_local_ray(env=env) and config.direct_ingress:
+        raise RuntimeError(
+            "direct ingress needs GreenCache to start Ray (Serve reads its settings when Ray "
+            "starts); call stop_all() first, or set direct_ingress=False"
+        )
+    serve.start(http_options={"host": config.host, "port": proxy_port})
     t0 = time.monotonic()
     serve.run(
         build_app(config, autoscaling_config=autoscaling_config),
@@ -99,6 +157,8 @@ def start_serve(config: ServeConfig, *, autoscaling_config: Optional[dict] = Non
         route_prefix="/",
         blocking=False,
     )
+    url = f"http://{config.host if config.host not in ('', '0.0.0.0') else '127.0.0.1'}:{config.port}"
+    _wait_http(url)
     logger.info("GreenCache ready in %.1fs", time.monotonic() - t0)
     if config.autoscaler.enabled:
         from autoscaler.actor import start_autoscaler

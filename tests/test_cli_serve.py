@@ -1,4 +1,8 @@
-"""`greencache serve` end to end: starts, answers, and stops on SIGTERM leaving nothing behind."""
+"""`greencache serve` end to end: starts, answers, and stops on SIGTERM leaving nothing behind.
+
+Run in both ingress modes: direct (the default; the ingress replica owns the public port) and
+through Ray Serve's HTTP proxy (`--no-direct-ingress`).
+"""
 
 from __future__ import annotations
 
@@ -10,16 +14,30 @@ import time
 
 import openai
 import psutil
+import pytest
 
 from conftest import free_port
 
 
-def test_serve_command_lifecycle(demo_model, tmp_path):
+def _listener(family: list[psutil.Process], port: int) -> str:
+    """Command line of the process listening on `port` (among `family`)."""
+    for p in family:
+        try:
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in p.net_connections("tcp")):
+                return " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+    return ""
+
+
+@pytest.mark.parametrize("mode", ["direct", "proxy"])
+def test_serve_command_lifecycle(demo_model, tmp_path, mode):
     port = free_port()
     env = dict(os.environ, GREENCACHE_HOME=str(tmp_path))
+    extra = ["--no-direct-ingress"] if mode == "proxy" else []
     proc = subprocess.Popen(
         [sys.executable, "-m", "greencache.cli", "serve", "--port", str(port), "--model", str(demo_model),
-         "--served-model-name", "demo", "--max-model-len", "512", "--engine-arg", "max_num_seqs=8"],
+         "--served-model-name", "demo", "--max-model-len", "512", "--engine-arg", "max_num_seqs=8", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
     )
     lines = []
@@ -38,10 +56,15 @@ def test_serve_command_lifecycle(demo_model, tmp_path):
         r = client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
         assert r.choices[0].finish_reason in ("length", "stop")
         assert client.models.list().data[0].max_model_len == 512
+        text = "".join(c.choices[0].text for c in client.completions.create(
+            model="demo", prompt="hello", max_tokens=6, stream=True, extra_body={"ignore_eos": True}))
+        assert text
 
         family = psutil.Process(proc.pid).children(recursive=True)
         names = " ".join(p.name() for p in family)
         assert "raylet" in names and len(family) >= 4, names
+        owner = _listener(family, port)
+        assert ("OpenAIIngress" if mode == "direct" else "ProxyActor") in owner, owner
 
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
