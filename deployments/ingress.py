@@ -285,8 +285,9 @@ class OpenAIIngress:
             body = render_final("".join(state["text"]), state["finish"], usage())
             return JSONResponse(body, headers=headers)
 
-        # Chunks that arrive while the previous write is in flight go out together: one
-        # message to Serve's proxy instead of one per chunk, and no timer, so nothing waits.
+        # Chunks that arrive while the previous write is in flight go out together: one write
+        # (to the socket, or to Serve's proxy without direct ingress) instead of one per
+        # chunk, and no timer, so nothing waits.
         pending: asyncio.Queue = asyncio.Queue()
 
         async def pump() -> None:
