@@ -66,6 +66,22 @@ def test_serve_command_lifecycle(demo_model, tmp_path, mode):
         owner = _listener(family, port)
         assert ("OpenAIIngress" if mode == "direct" else "ProxyActor") in owner, owner
 
+        if mode == "direct":  # Serve restarts a dead ingress replica, and it takes the port back
+            ingress = next(p for p in family if "OpenAIIngress" in " ".join(p.cmdline()))
+            ingress.kill()
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    r = client.with_options(timeout=10, max_retries=0).completions.create(
+                        model="demo", prompt="again", max_tokens=2)
+                    break
+                except openai.APIError:
+                    assert time.monotonic() < deadline, "the port did not come back after the ingress died"
+                    time.sleep(1)
+            assert r.choices[0].text is not None
+            family = psutil.Process(proc.pid).children(recursive=True)
+            assert "OpenAIIngress" in _listener(family, port)
+
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, out
