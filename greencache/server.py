@@ -149,14 +149,22 @@ def start_serve(config: ServeConfig, *, autoscaling_config: Optional[dict] = Non
             "direct ingress needs GreenCache to start Ray (Serve reads its settings when Ray "
             "starts); call stop_all() first, or set direct_ingress=False"
         )
-    serve.start(http_options={"host": config.host, "port": proxy_port})
-    t0 = time.monotonic()
-    serve.run(
-        build_app(config, autoscaling_config=autoscaling_config),
-        name=APP_NAME,
-        route_prefix="/",
-        blocking=False,
-    )
+    # Serve's own INFO lines name the proxy's port ("ready at http://...:<proxy port>/"), which
+    # with direct ingress is not where clients go; the caller prints the real endpoint.
+    serve_log = logging.getLogger("ray.serve")
+    level = serve_log.level
+    serve_log.setLevel(max(level, logging.WARNING))
+    try:
+        serve.start(http_options={"host": config.host, "port": proxy_port})
+        t0 = time.monotonic()
+        serve.run(
+            build_app(config, autoscaling_config=autoscaling_config),
+            name=APP_NAME,
+            route_prefix="/",
+            blocking=False,
+        )
+    finally:
+        serve_log.setLevel(level)
     url = f"http://{config.host if config.host not in ('', '0.0.0.0') else '127.0.0.1'}:{config.port}"
     _wait_http(url)
     logger.info("GreenCache ready in %.1fs", time.monotonic() - t0)
