@@ -70,11 +70,16 @@ def start_local_ray(num_cpus: Optional[int] = None, env: Optional[dict[str, str]
     return True
 
 
+def _local_host(host: str) -> str:
+    """The address this machine reaches a server bound to `host` at (loopback for a wildcard)."""
+    return "127.0.0.1" if host in ("", "0.0.0.0") else host
+
+
 def _free_port(host: str) -> int:
     import socket
 
     with socket.socket() as s:
-        s.bind((host if host not in ("", "0.0.0.0") else "127.0.0.1", 0))
+        s.bind((_local_host(host), 0))
         return s.getsockname()[1]
 
 
@@ -165,8 +170,7 @@ def start_serve(config: ServeConfig, *, autoscaling_config: Optional[dict] = Non
         )
     finally:
         serve_log.setLevel(level)
-    url = f"http://{config.host if config.host not in ('', '0.0.0.0') else '127.0.0.1'}:{config.port}"
-    _wait_http(url)
+    _wait_http(f"http://{_local_host(config.host)}:{config.port}")
     logger.info("GreenCache ready in %.1fs", time.monotonic() - t0)
     if config.autoscaler.enabled:
         from autoscaler.actor import start_autoscaler
