@@ -1,8 +1,2 @@
-"""Carbon autoscaler: carbon and performance models, carbon-intensity sources, the MILP planner."""
-
-import os as _os
-
-# Keep Ray on loopback: Ray reads this when it is imported, so it must be set before any
-# `import ray` (see greencache/server.py:start_local_ray).
-_os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
+"""Carbon autoscaler: carbon and performance models, carbon-intensity sources, the MILP planner,
+the policies, the live actor and the trace-driven simulator."""

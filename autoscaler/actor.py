@@ -1,19 +1,19 @@
 """The carbon autoscaler: a detached, named Ray actor that re-plans every interval.
 
 Loop (every `interval_s`): observe → forecast → plan → actuate → record.
-- observe: request rate from the ingress and KV-store stats from the replicas (StatsHub), the
-  grid intensity at the current trace time.
+- observe: request rate from the ingress and KV-store stats from the replicas (telemetry.py),
+  the grid intensity at the current trace time.
 - forecast: carbon intensity over the horizon from the source; load = the observed rate (or an
   override), flat over the horizon.
 - plan: the policy (`autoscaler.policies.PlannerPolicy`, the joint MILP with a DP fallback) takes
   an `Observation` and returns a `Decision`; the simulator drives the same class. If even
   `max_replicas` cannot meet the SLO the plan runs the maximum and says so.
-- actuate: slot 1's replica target goes to a plan file that the Serve policy
+- actuate: slot 1's replica target goes to the plan file that the Serve policy
   (`deployments/autoscaling_policy.py`) follows; slot 1's cache capacity goes to the store's
-  control file, which every engine applies within a second.
-- record: one JSON line per decision (inputs, plan, predicted carbon, reason) in
-  `<state_dir>/decisions.jsonl`, the last decision in `<state_dir>/last.json` (a restarted actor
-  resumes from it), and a summary pushed to the StatsHub for `/metrics` and `greencache status`.
+  control file, which every engine applies within a second (state.py).
+- record: the slot's predicted carbon is charged to the ledger (`CarbonConfig.footprint`); one
+  JSON line per decision goes to the decision log, the last decision to `last.json` (a
+  restarted actor resumes from it), and a summary to the telemetry hub for `/metrics`.
 
 Fail-safe: any error in a cycle is logged and recorded; the last actuated plan stays in force.
 Demo speed-up: each interval advances the trace clock by `trace_hours_per_interval` hours.
@@ -22,9 +22,7 @@ Demo speed-up: each interval advances the trace clock by `trace_hours_per_interv
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import threading
 import time
 import traceback
@@ -33,9 +31,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import ray
-from pydantic import BaseModel, Field
 
-from autoscaler.carbon import CarbonConfig
+from autoscaler.carbon import CarbonLedger, Footprint
+from autoscaler.config import AutoscalerConfig
+from autoscaler.policies import Decision, Observation
+from autoscaler.state import AutoscalerState
+from autoscaler.telemetry import AUTOSCALER_KEY, INGRESS_KEY, get_or_create_hub, is_replica_key
 
 logger = logging.getLogger("greencache.autoscaler")
 
@@ -43,67 +44,59 @@ ACTOR_NAME = "greencache-autoscaler"
 NAMESPACE = "greencache"
 
 
-class AutoscalerConfig(BaseModel):
-    enabled: bool = Field(True, description="Run the carbon autoscaler with `greencache serve`.")
-    grid: str = Field("FR", description="Bundled Electricity Maps grid for carbon intensity.")
-    trace_start: str = Field("2023-06-01T00:00", description="Trace time the autoscaler starts at (UTC, ISO).")
-    interval_s: float = Field(30.0, gt=0, description="Seconds between planning cycles.")
-    trace_hours_per_interval: float = Field(
-        0.0, ge=0, description="Demo speed-up: trace hours the clock advances per interval; 0 = real time.")
-    horizon_slots: int = Field(12, ge=1, description="Planning horizon (hourly slots).")
-    min_replicas: int = Field(1, ge=1, description="Fewest LLM replicas.")
-    max_replicas: int = Field(2, ge=1, description="Most LLM replicas.")
-    capacities_gb: list[float] = Field(default_factory=lambda: [0.0, 50, 100, 200, 400, 800, 1600],
-                                       description="Disk-tier capacity options the planner chooses from (GB).")
-    solver_time_limit_s: float = Field(2.0, gt=0, description="MILP time limit per cycle (s).")
-    state_dir: str = Field("", description="Decision log and resume state; default <home>/autoscaler.")
-    plan_path: str = Field("", description="File the Serve policy follows; default <state_dir>/plan.json.")
-    store_control_path: str = Field("", description="KV-store control file; default <home>/kv-control.json.")
-    profile_path: str = Field("", description="Performance profile from `greencache profile`; empty = stated defaults.")
-    ttft_slo_s: float = Field(2.0, gt=0, description="TTFT SLO at p90 (s), used with a profile.")
-    tpot_slo_s: float = Field(0.1, gt=0, description="TPOT SLO at p90 (s), used with a profile.")
-    max_utilisation: float = Field(0.85, gt=0, lt=1, description="Planning ceiling on replica utilisation, with a profile.")
-    prompt_tokens: float = Field(2048, gt=0, description="Mean prompt length the plan assumes (tokens), with a profile.")
-    output_tokens: float = Field(256, gt=0, description="Mean output length the plan assumes (tokens), with a profile.")
-    carbon: CarbonConfig = Field(default_factory=CarbonConfig, description="Power and embodied-carbon factors.")
+def observe_telemetry(snapshot: dict, last_requests: Optional[tuple[float, float]]) -> tuple[dict, Optional[tuple]]:
+    """What the hub's snapshot says: request rate (from the ingress's counter and the previous
+    reading `last_requests`), per-replica store capacities, and the sampled chunk accesses.
+    Returns (observed values, the reading to pass next time)."""
+    obs: dict[str, Any] = {"request_rate_rps": None, "store": {}, "access_sample": [], "sample_rate": None,
+                           "chunk_bytes": None}
+    ingress = snapshot.get(INGRESS_KEY)
+    if ingress:
+        now, total = ingress["time"], ingress["requests_total"]
+        if last_requests is not None and now > last_requests[0]:
+            obs["request_rate_rps"] = max(0.0, (total - last_requests[1]) / (now - last_requests[0]))
+        last_requests = (now, total)
+    for rid, rep in snapshot.items():
+        if not is_replica_key(rid):
+            continue
+        for p in rep.get("processes", []):
+            role = str(p.get("role", "")).lower()
+            if role == "scheduler":  # lookups happen there
+                obs["access_sample"].extend(p.get("access_sample", []))
+                obs["sample_rate"] = p.get("access_sample_rate")
+                obs["chunk_bytes"] = p.get("chunk_bytes")
+            elif role == "worker":
+                obs["store"][rid] = {n: {"capacity_bytes": t.get("capacity_bytes"), "used_bytes": t.get("used_bytes")}
+                                     for n, t in p.get("store", {}).get("tiers", {}).items()}
+    return obs, last_requests
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class CarbonAutoscaler:
     def __init__(self, config: dict, home: str) -> None:
         from autoscaler.carbon_sources import TraceSource
+        from autoscaler.policies import PlannerPolicy
 
         self.cfg = AutoscalerConfig.model_validate(config)
-        self.home = Path(home)
-        self.state_dir = Path(self.cfg.state_dir or self.home / "autoscaler")
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.plan_path = Path(self.cfg.plan_path or self.state_dir / "plan.json")
-        self.control_path = Path(self.cfg.store_control_path or self.home / "kv-control.json")
+        self.state = AutoscalerState(home)
         self.source = TraceSource.grid(self.cfg.grid)
         self.perf = None
         if self.cfg.profile_path:
             from autoscaler.perf_model import PerfModel
 
             self.perf = PerfModel.load(self.cfg.profile_path)  # bad profile: refuse to start
-        from autoscaler.policies import PlannerPolicy
-
         self.policy = PlannerPolicy.from_autoscaler_config(self.cfg, self.perf)
         self.trace_time = datetime.fromisoformat(self.cfg.trace_start).replace(tzinfo=timezone.utc)
         self.overrides: dict[str, Any] = {}
-        self.carbon_g = {"operational": 0.0, "embodied": 0.0}
+        self.ledger = CarbonLedger()
         self.cycles = 0
-        self.last: Optional[dict] = None
+        self.last: Optional[dict] = self.state.load_last()
         self._last_requests: Optional[tuple[float, float]] = None
-        last = self.state_dir / "last.json"
-        if last.exists():  # resume after a restart
-            try:
-                self.last = json.loads(last.read_text())
-                self.trace_time = datetime.fromisoformat(self.last["trace_time"])
-                self.carbon_g = self.last.get("carbon_so_far_g", self.carbon_g)
-                self.cycles = self.last.get("cycle", 0)
-                logger.info("autoscaler resumed at %s (cycle %d)", self.trace_time, self.cycles)
-            except Exception:
-                logger.warning("could not resume from %s; starting fresh", last)
+        if self.last is not None:  # resume after a restart, one step after the recorded decision
+            self.trace_time = self._next_trace_time(datetime.fromisoformat(self.last["trace_time"]))
+            self.ledger = CarbonLedger.from_totals(self.last.get("carbon_so_far_g"))
+            self.cycles = int(self.last.get("cycle", 0))
+            logger.info("autoscaler resumed at %s (cycle %d)", self.trace_time, self.cycles)
         # A plain thread, so a restarted actor (Ray re-runs __init__) resumes planning by itself.
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -134,6 +127,12 @@ class CarbonAutoscaler:
     async def stop(self) -> None:
         self._stop.set()
 
+    async def decide(self, observation: dict) -> dict:
+        """The decision this actor's policy makes for an observation (no actuation, no record):
+        lets tests and the simulator check that both take the same decision."""
+        d = self.policy.decide(Observation.from_json(observation))
+        return {"replicas": d.replicas, "capacity_gb": d.capacity_gb, "reason": d.reason}
+
     def _locked_cycle(self) -> dict:
         with self._lock:
             return self._cycle()
@@ -148,38 +147,17 @@ class CarbonAutoscaler:
 
     # ---- one cycle ----------------------------------------------------------------------
     def _observe(self) -> dict:
-        from deployments.stats_hub import get_or_create_hub
-
-        obs: dict[str, Any] = {"request_rate_rps": None, "store": {}, "access_sample": [], "sample_rate": None,
-                               "chunk_bytes": None}
         try:
             snap = ray.get(get_or_create_hub().snapshot.remote(), timeout=2)
         except Exception:
             snap = {}
-        ingress = snap.get("__ingress__")
-        if ingress:
-            now, total = ingress["time"], ingress["requests_total"]
-            if self._last_requests is not None and now > self._last_requests[0]:
-                obs["request_rate_rps"] = max(0.0, (total - self._last_requests[1]) / (now - self._last_requests[0]))
-            self._last_requests = (now, total)
-        for rid, rep in snap.items():
-            if rid.startswith("__"):
-                continue
-            for p in rep.get("processes", []):
-                if str(p.get("role", "")).lower() == "scheduler":  # lookups happen there
-                    obs["access_sample"].extend(p.get("access_sample", []))
-                    obs["sample_rate"] = p.get("access_sample_rate")
-                    obs["chunk_bytes"] = p.get("chunk_bytes")
-                if str(p.get("role", "")).lower() == "worker":
-                    obs["store"][rid] = {n: {"capacity_bytes": t.get("capacity_bytes"), "used_bytes": t.get("used_bytes")}
-                                         for n, t in p.get("store", {}).get("tiers", {}).items()}
+        obs, self._last_requests = observe_telemetry(snap, self._last_requests)
         return obs
 
-    def observation(self, obs: Optional[dict] = None) -> "Observation":
+    def observation(self, obs: Optional[dict] = None) -> Observation:
         """The policy's input for this cycle: observed load and access sample, the carbon
         forecast at the trace clock, the current decision; overrides applied."""
         from autoscaler.carbon_sources import ConstantSource
-        from autoscaler.policies import Observation
 
         obs = obs if obs is not None else self._observe()
         cfg = self.cfg
@@ -195,94 +173,69 @@ class CarbonAutoscaler:
             sample_rate=float(obs["sample_rate"] or 1.0), chunk_bytes=int(obs["chunk_bytes"] or 0),
             now_s=time.monotonic())
 
-    async def decide(self, observation: dict) -> dict:
-        """The decision this actor's policy makes for an observation (no actuation, no record):
-        lets tests and the simulator check that both take the same decision."""
-        from autoscaler.policies import Observation
-
-        d = self.policy.decide(Observation.from_json(observation))
-        return {"replicas": d.replicas, "capacity_gb": d.capacity_gb, "reason": d.reason}
+    def _slot_footprint(self, d: Decision, observation: Observation) -> Footprint:
+        """Carbon of the slot about to run, as the model predicts it, over the trace time one
+        interval covers."""
+        carbon = self.cfg.carbon
+        hours = self.cfg.trace_hours_per_interval or self.cfg.interval_s / 3600.0
+        busy_replica_h = observation.arrival_rps * d.details["work_s"] * hours
+        return carbon.footprint(intensity_g_per_kwh=observation.intensity_forecast[0],
+                                replica_hours=d.replicas * hours, busy_wh=carbon.busy_extra_w() * busy_replica_h,
+                                ssd_gb_hours=d.capacity_gb * hours)
 
     def _cycle(self) -> dict:
         t_start = time.time()
         obs = self._observe()
         observation = self.observation(obs)
-        cfg = self.cfg
         try:
             d = self.policy.decide(observation)
         except Exception as e:
-            record = {"time": t_start, "trace_time": self.trace_time.isoformat(), "error": f"{type(e).__name__}: {e}",
-                      "traceback": traceback.format_exc(limit=3)}
-            self._append(record)
+            self.state.append_decision({"time": t_start, "trace_time": self.trace_time.isoformat(),
+                                        "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=3)})
             raise
-        problem = self.policy.last_problem
-        replicas = d.replicas
-        ci = observation.intensity_forecast[0]
-        load = observation.arrival_rps
-        # carbon of the slot we are about to run, as the model predicts it (grams), scaled to
-        # the trace time one interval covers
-        carbon = cfg.carbon
-        hours = cfg.trace_hours_per_interval or cfg.interval_s / 3600.0
-        storage_w = carbon.storage_w(d.capacity_gb, 0.0)
-        energy_kwh = (carbon.replica_idle_w() * replicas
-                      + (carbon.replica_busy_w() - carbon.replica_idle_w()) * load * d.details["work_s"]
-                      + storage_w) * hours / 1000.0
-        op_g = carbon.operational_g(energy_kwh, ci)
-        emb_g = (carbon.replica_embodied_g_per_h() * replicas + carbon.storage_embodied_g_per_h(d.capacity_gb, 0.0)) * hours
-        self.carbon_g = {"operational": self.carbon_g["operational"] + op_g, "embodied": self.carbon_g["embodied"] + emb_g}
+        fp = self._slot_footprint(d, observation)
+        self.ledger.charge(fp)
         self.cycles += 1
-        decision = {"replicas": replicas, "capacity_gb": d.capacity_gb, "cache": d.details["cache_name"]}
-        record = {
-            "cycle": self.cycles, "time": t_start, "trace_time": self.trace_time.isoformat(), "grid": cfg.grid,
-            "inputs": {"carbon_intensity_g_per_kwh": ci, "forecast_g_per_kwh": list(problem.intensity),
-                       "load_rps": load, "observed_rps": obs["request_rate_rps"], "overrides": dict(self.overrides),
+        record = self._record(t_start, obs, observation, d, fp)
+        self.state.write_plan(d.replicas)
+        self.state.write_store_capacity("disk", int(d.capacity_gb * 1e9))
+        self.state.append_decision(record)
+        self.state.save_last(record)
+        self.last = record
+        self._publish(record)
+        self._advance_clock()
+        return record
+
+    def _record(self, t_start: float, obs: dict, observation: Observation, d: Decision, fp: Footprint) -> dict:
+        problem = self.policy.last_problem
+        return {
+            "cycle": self.cycles, "time": t_start, "trace_time": self.trace_time.isoformat(), "grid": self.cfg.grid,
+            "inputs": {"carbon_intensity_g_per_kwh": observation.intensity_forecast[0],
+                       "forecast_g_per_kwh": list(problem.intensity), "load_rps": observation.arrival_rps,
+                       "observed_rps": obs["request_rate_rps"], "overrides": dict(self.overrides),
                        "store": obs["store"], "current": {"replicas": observation.current_replicas,
                                                           "capacity_gb": observation.current_capacity_gb}},
             "observation": observation.to_json(),
             "plan": d.details["plan"],
-            "predicted": {"slot_operational_g": op_g, "slot_embodied_g": emb_g,
+            "predicted": {"slot_operational_g": float(fp.operational_g), "slot_embodied_g": float(fp.embodied_g),
                           "rmin_for_choice": d.details["rmin_for_choice"], "slo_met": d.details["slo_met"]},
-            "decision": decision, "carbon_so_far_g": dict(self.carbon_g),
+            "decision": {"replicas": d.replicas, "capacity_gb": d.capacity_gb, "cache": d.details["cache_name"]},
+            "carbon_so_far_g": self.ledger.totals(),
             "reason": d.reason,
         }
-        self._actuate(decision)
-        self._append(record)
-        self.last = record
-        tmp = self.state_dir / "last.json.tmp"
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, self.state_dir / "last.json")
-        self._publish(record)
-        if cfg.trace_hours_per_interval:
-            self.trace_time += timedelta(hours=cfg.trace_hours_per_interval)
-        else:
-            self.trace_time = datetime.now(timezone.utc).replace(year=self.trace_time.year)
-        return record
 
-    def _actuate(self, decision: dict) -> None:
-        tmp = self.plan_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"target_replicas": decision["replicas"], "updated": time.time()}))
-        os.replace(tmp, self.plan_path)
-        control = {}
-        if self.control_path.exists():
-            try:
-                control = json.loads(self.control_path.read_text())
-            except ValueError:
-                control = {}
-        caps = control.setdefault("capacity_bytes", {})
-        caps["disk"] = int(decision["capacity_gb"] * 1e9)
-        tmp = self.control_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(control))
-        os.replace(tmp, self.control_path)
+    def _next_trace_time(self, t: datetime) -> datetime:
+        """The trace time of the cycle after one at `t`: a step on in demo mode, else now."""
+        if self.cfg.trace_hours_per_interval:
+            return t + timedelta(hours=self.cfg.trace_hours_per_interval)
+        return datetime.now(timezone.utc).replace(year=t.year)
 
-    def _append(self, record: dict) -> None:
-        with open(self.state_dir / "decisions.jsonl", "a") as f:
-            f.write(json.dumps(record, default=str) + "\n")
+    def _advance_clock(self) -> None:
+        self.trace_time = self._next_trace_time(self.trace_time)
 
     def _publish(self, record: dict) -> None:
         try:
-            from deployments.stats_hub import get_or_create_hub
-
-            get_or_create_hub().report.remote("__autoscaler__", {
+            get_or_create_hub().report.remote(AUTOSCALER_KEY, {
                 "carbon_intensity_g_per_kwh": record["inputs"]["carbon_intensity_g_per_kwh"],
                 "target_replicas": record["decision"]["replicas"],
                 "capacity_gb": record["decision"]["capacity_gb"],
@@ -293,9 +246,9 @@ class CarbonAutoscaler:
             logger.debug("publish failed", exc_info=True)
 
 
-def start_autoscaler(config: AutoscalerConfig, home: str):
+def start_autoscaler(config: AutoscalerConfig, home: str | Path):
     actor = CarbonAutoscaler.options(name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached",
-                                     get_if_exists=True).remote(config.model_dump(), home)
+                                     get_if_exists=True).remote(config.model_dump(), str(home))
     ray.get(actor.start.remote())
     return actor
 

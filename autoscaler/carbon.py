@@ -1,5 +1,16 @@
 """Carbon accounting: operational (energy × grid intensity × PUE) and embodied (amortised).
 
+`CarbonConfig.footprint` is the one carbon-cost function of GreenCache: the planner's objective,
+the live actor's ledger, the simulator's totals and the store's embodied-carbon metric all
+price their amounts through it (replica-hours, energy above idle, provisioned GB-hours):
+
+    energy_kWh   = (replica_h·P_idle + busy_Wh + ssd_GB_h·P_ssd/1000 + dram_GB_h·P_dram) / 1000
+    operational  = energy_kWh · PUE · CI                                  (g)
+    embodied     = replica_h·e_replica + ssd_GB_h·e_ssd + dram_GB_h·e_dram  (g, amortised per hour)
+
+It is linear in every amount, so the MILP can take its coefficients from it, and it broadcasts
+over numpy arrays, so the planner's cost tensor and the simulator's hourly totals use it as is.
+
 Defaults and their sources (DESIGN.md):
 - H100 power prefill / decode / idle 700 / 380 / 75 W; A100 400 / 250 / 63 W: Splitwise (ISCA'24)
   simulator configs.
@@ -11,11 +22,27 @@ Defaults and their sources (DESIGN.md):
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, Field
 
 HOURS_PER_YEAR = 365 * 24
+# EcoServe artifact (S4AI-CornellTech/EServe); the sensitivity range 0.01-0.16 is ACT's.
+SSD_EMBODIED_KG_PER_GB = 0.110
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Grams CO2e (floats or numpy arrays of one shape) and the IT energy behind them."""
+
+    operational_g: Any
+    embodied_g: Any
+    energy_kwh: Any  # IT energy, before PUE
+
+    @property
+    def total_g(self) -> Any:
+        return self.operational_g + self.embodied_g
 
 
 class GPUPower(BaseModel):
@@ -39,7 +66,8 @@ class CarbonConfig(BaseModel):
     gpu_embodied_kg: float = Field(150.0, ge=0, description="Embodied carbon per GPU (kgCO2e), EcoServe.")
     host_embodied_kg_per_gpu: float = Field(135.0, ge=0, description="Host share per GPU (kgCO2e), EcoServe.")
     server_life_years: float = Field(4.0, gt=0, description="Amortisation life of GPUs and hosts (years).")
-    ssd_embodied_kg_per_gb: float = Field(0.110, ge=0, description="SSD embodied (kgCO2e/GB), EcoServe; range 0.01-0.16.")
+    ssd_embodied_kg_per_gb: float = Field(SSD_EMBODIED_KG_PER_GB, ge=0,
+                                          description="SSD embodied (kgCO2e/GB), EcoServe; range 0.01-0.16.")
     dram_embodied_kg_per_gb: float = Field(0.29, ge=0, description="DRAM embodied (kgCO2e/GB), EcoServe.")
     storage_life_years: float = Field(4.0, gt=0, description="Amortisation life of SSD and DRAM (years).")
     ssd_power_w_per_tb: float = Field(5.0, ge=0, description="SSD active power per TB provisioned (W/TB).")
@@ -72,7 +100,40 @@ class CarbonConfig(BaseModel):
     def storage_w(self, ssd_gb: float, dram_gb: float) -> float:
         return ssd_gb / 1000 * self.ssd_power_w_per_tb + dram_gb * self.dram_power_w_per_gb
 
-    # ---- operational --------------------------------------------------------------------
-    def operational_g(self, energy_kwh: float, intensity_g_per_kwh: float) -> float:
-        """Grams CO2e for `energy_kwh` of IT energy at a grid intensity (PUE applied)."""
-        return energy_kwh * self.pue * intensity_g_per_kwh
+    def busy_extra_w(self) -> float:
+        """Power a busy replica draws above idle (W): busy replica-hours × this = busy Wh."""
+        return self.replica_busy_w() - self.replica_idle_w()
+
+    # ---- the carbon-cost function ---------------------------------------------------------
+    def footprint(self, *, intensity_g_per_kwh: Any, replica_hours: Any = 0.0, busy_wh: Any = 0.0,
+                  ssd_gb_hours: Any = 0.0, dram_gb_hours: Any = 0.0) -> Footprint:
+        """Carbon of running `replica_hours` of replicas (idle power and embodied), `busy_wh` of
+        GPU energy above idle, and storage provisioned for `ssd_gb_hours` / `dram_gb_hours`, at
+        grid intensity `intensity_g_per_kwh`. Arguments broadcast as numpy arrays do."""
+        energy_kwh = (replica_hours * self.replica_idle_w() + busy_wh
+                      + ssd_gb_hours * self.ssd_power_w_per_tb / 1000 + dram_gb_hours * self.dram_power_w_per_gb) / 1000
+        embodied = (replica_hours * self.replica_embodied_g_per_h()
+                    + self.storage_embodied_g_per_h(1.0, 0.0) * ssd_gb_hours
+                    + self.storage_embodied_g_per_h(0.0, 1.0) * dram_gb_hours)
+        return Footprint(operational_g=energy_kwh * self.pue * intensity_g_per_kwh, embodied_g=embodied,
+                         energy_kwh=energy_kwh)
+
+
+class CarbonLedger:
+    """Running totals of carbon charged so far (grams), by kind."""
+
+    def __init__(self, operational_g: float = 0.0, embodied_g: float = 0.0) -> None:
+        self.operational_g = float(operational_g)
+        self.embodied_g = float(embodied_g)
+
+    def charge(self, fp: Footprint) -> None:
+        self.operational_g += float(fp.operational_g)
+        self.embodied_g += float(fp.embodied_g)
+
+    def totals(self) -> dict:
+        return {"operational": self.operational_g, "embodied": self.embodied_g}
+
+    @classmethod
+    def from_totals(cls, totals: Optional[dict]) -> "CarbonLedger":
+        totals = totals or {}
+        return cls(totals.get("operational", 0.0), totals.get("embodied", 0.0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from autoscaler.carbon import CarbonConfig
 from autoscaler.planner import CacheOption, PlanProblem
 
 
@@ -13,9 +14,7 @@ def random_problem(seed: int, slots: int = 24, n_cache: int = 16, n_replica: int
     caps[0] = 0.0
     # concave hit-ratio curve in capacity, as LRU curves are
     hit = 0.75 * (1 - np.exp(-caps / rng.uniform(300, 900)))
-    caches = [CacheOption(name=f"c{i}", capacity_gb=float(caps[i]), hit_ratio=float(hit[i]),
-                          storage_w=float(caps[i] / 1000 * 5), embodied_g_per_h=float(caps[i] * 110 / 35040))
-              for i in range(n_cache)]
+    caches = [CacheOption(name=f"c{i}", capacity_gb=float(caps[i]), hit_ratio=float(hit[i])) for i in range(n_cache)]
     lam = rng.uniform(0.5, 8.0) * (1 + 0.6 * np.sin(np.linspace(0, 2 * np.pi * slots / 24, slots))) + rng.uniform(0, 1, slots)
     ci = rng.uniform(20, 600) * (1 + 0.4 * np.cos(np.linspace(0, 2 * np.pi * slots / 24, slots) + rng.uniform(0, 6)))
     options = sorted(set(int(x) for x in np.linspace(1, max(2, 2 * n_replica), n_replica)))
@@ -25,8 +24,7 @@ def random_problem(seed: int, slots: int = 24, n_cache: int = 16, n_replica: int
     rmin = np.ceil(lam[:, None] * work[None, :] / 0.7).astype(int)
     rmin = np.minimum(rmin, max(options))
     kw = dict(slot_hours=1.0, arrival_rps=lam.tolist(), intensity=ci.tolist(), replica_options=options, caches=caches,
-              rmin=rmin, prefill_s=prefill_s, decode_s=decode_s, idle_w=75.0, busy_w=540.0, pue=1.2,
-              replica_embodied_g_per_h=8.2, alpha_g_per_replica=float(rng.uniform(0, 50)),
+              rmin=rmin, prefill_s=prefill_s, decode_s=decode_s, carbon=CarbonConfig(), alpha_g_per_replica=float(rng.uniform(0, 50)),
               beta_g_per_gb=float(rng.uniform(0, 0.5)), initial_replicas=options[len(options) // 2],
               initial_capacity_gb=float(caps[len(caps) // 2]))
     kw.update(overrides)

@@ -30,11 +30,17 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 
+# The busiest a replica may be planned to run. Without a measured profile this is the whole SLO
+# model (replicas = load × work / ceiling); with one, it caps the M/M/1-style prediction.
+DEFAULT_MAX_UTILISATION = 0.7
+
+
 class SLO(BaseModel):
     ttft_s: float = Field(2.0, gt=0, description="TTFT target at the percentile below (s).")
     tpot_s: float = Field(0.1, gt=0, description="Time-per-output-token target (s).")
     percentile: float = Field(90, ge=50, lt=100, description="Percentile the targets apply to.")
-    max_utilisation: float = Field(0.85, gt=0, lt=1, description="Never plan replicas busier than this.")
+    max_utilisation: float = Field(DEFAULT_MAX_UTILISATION, gt=0, lt=1,
+                                   description="Never plan replicas busier than this (fraction of time busy).")
 
 
 def _nonneg_lstsq(A: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -7,8 +7,11 @@ Notation (slot t = 1..T of Δ hours; replica options r ∈ R; cache configuratio
     rmin_tc  fewest replicas meeting the TTFT/TPOT SLO with cache c at load λ_t
     P_idle, P_busy   replica power idle / busy (W)       PUE
     P_st(c)  storage power of configuration c (W)        e_rep, e_st(c)  embodied (g/h)
-    cap(c)   capacity of c (GB)                          α, β   switching cost (g per replica,
+    cap(c)   capacity of c (GB, on SSD)                  α, β   switching cost (g per replica,
                                                                 g per GB changed)
+
+The power and embodied terms are priced by `CarbonConfig.footprint` (autoscaler/carbon.py),
+the one carbon-cost function that the live ledger and the simulator also use.
 
 Variables: x[t,r] ∈ {0,1} (run r replicas in slot t), y[t,c] ∈ {0,1} (use configuration c),
 u_t, v_t ≥ 0 (replica and capacity change magnitudes).
@@ -31,20 +34,24 @@ linear in y (λ_t is data). Constraints (numbered as in the code):
         (options outside are dropped); (5c) |replicas_t − replicas_{t−1}| ≤ max_change
 
 Receding horizon: apply slot 1, re-plan next interval. Without (5a) the problem is a shortest
-path over (r, c) states, solved exactly by `solve_dp` in O(T·|C|·|R|) with L1 distance
-transforms (O(T·|C|·|R|²) with (5c)); that is the test oracle, the warm start, and the fallback
-when the solver times out or fails. `plan` never blocks longer than its time limit plus the DP.
+path over (r, c) states, solved exactly by `solve_dp`. The switching cost is separable and L1
+in both coordinates, so the best predecessor of every state comes from two L1 distance
+transforms (one along capacities, one along replica counts) that also carry their argmins:
+O(T·|R|·|C|) in all. With (5c) the replica step is a windowed minimum, done directly in
+O(T·|R|²·|C|). The DP is the test oracle, the MILP's warm start, and the fallback when the
+solver times out or fails. `plan` never blocks longer than its time limit plus the DP.
 An infeasible problem raises `PlanInfeasible` saying what to relax.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
+
+from autoscaler.carbon import CarbonConfig
 
 
 class PlanInfeasible(ValueError):
@@ -54,10 +61,8 @@ class PlanInfeasible(ValueError):
 @dataclass
 class CacheOption:
     name: str
-    capacity_gb: float  # total capacity, for switching cost (4)
+    capacity_gb: float  # SSD capacity: priced as storage, and the switching cost (4)
     hit_ratio: float  # token-weighted h(c)
-    storage_w: float  # P_st(c)
-    embodied_g_per_h: float  # e_st(c)
 
 
 @dataclass
@@ -70,10 +75,7 @@ class PlanProblem:
     rmin: np.ndarray  # [T, C] ints
     prefill_s: float  # GPU-seconds of prefill per request with no cache hit
     decode_s: float  # GPU-seconds of decode per request
-    idle_w: float
-    busy_w: float
-    pue: float
-    replica_embodied_g_per_h: float
+    carbon: CarbonConfig  # power, PUE and embodied factors (P_idle, P_busy, P_st, e_rep, e_st)
     alpha_g_per_replica: float = 0.0
     beta_g_per_gb: float = 0.0
     initial_replicas: int = 1
@@ -101,19 +103,27 @@ class PlanProblem:
                                  "widen the bounds or add options")
         return sorted(opts)
 
+    def replica_cost(self) -> np.ndarray:
+        """[T, R-option index]: grams of running r replicas through slot t (idle power, embodied)."""
+        R = np.array(self.options(), dtype=float)
+        ci = np.asarray(self.intensity, dtype=float)
+        fp = self.carbon.footprint(intensity_g_per_kwh=ci[:, None], replica_hours=R[None, :] * self.slot_hours)
+        return fp.total_g
+
+    def cache_cost(self) -> np.ndarray:
+        """[T, C]: grams of cache c through slot t: the busy power its hit ratio leaves, and its storage."""
+        lam = np.asarray(self.arrival_rps, dtype=float)
+        ci = np.asarray(self.intensity, dtype=float)
+        caps = np.array([c.capacity_gb for c in self.caches])
+        busy_replica_h = lam[:, None] * self.work_s()[None, :] * self.slot_hours  # λ_t·W(c)·Δ
+        fp = self.carbon.footprint(intensity_g_per_kwh=ci[:, None], busy_wh=self.carbon.busy_extra_w() * busy_replica_h,
+                                   ssd_gb_hours=caps[None, :] * self.slot_hours)
+        return fp.total_g
+
     def slot_cost(self) -> np.ndarray:
         """Operational + embodied grams per (t, r-option index, c) without switching; inf where (3) fails."""
         R = np.array(self.options(), dtype=float)
-        W = self.work_s()
-        lam = np.asarray(self.arrival_rps, dtype=float)
-        ci = np.asarray(self.intensity, dtype=float)
-        st_w = np.array([c.storage_w for c in self.caches])
-        st_e = np.array([c.embodied_g_per_h for c in self.caches])
-        k = ci * self.pue * self.slot_hours / 1000.0  # g per W per slot
-        rep = (k * self.idle_w + self.slot_hours * self.replica_embodied_g_per_h)[:, None] * R[None, :]  # [T,R]
-        cache = k[:, None] * ((self.busy_w - self.idle_w) * lam[:, None] * W[None, :] + st_w[None, :]) \
-            + self.slot_hours * st_e[None, :]  # [T,C]
-        cost = rep[:, :, None] + cache[:, None, :]  # [T,R,C]
+        cost = self.replica_cost()[:, :, None] + self.cache_cost()[:, None, :]  # [T,R,C]
         feasible = R[None, :, None] >= np.asarray(self.rmin)[:, None, :]
         return np.where(feasible, cost, np.inf)
 
@@ -132,14 +142,34 @@ class Plan:
     breakdown: dict = field(default_factory=dict)
 
 
-def _l1_transform(f: np.ndarray, pos: np.ndarray, w: float, axis: int) -> np.ndarray:
-    """g_i = min_j f_j + w·|pos_i − pos_j| along `axis` (positions sorted ascending)."""
+def _l1_transform(f: np.ndarray, pos: np.ndarray, w: float, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """g_i = min_j f_j + w·|pos_i − pos_j| along `axis` (positions sorted ascending), and the
+    argmin j: one forward and one backward pass, O(n) per line."""
     g = np.moveaxis(f.copy(), axis, 0)
-    for i in range(1, g.shape[0]):
-        g[i] = np.minimum(g[i], g[i - 1] + w * (pos[i] - pos[i - 1]))
-    for i in range(g.shape[0] - 2, -1, -1):
-        g[i] = np.minimum(g[i], g[i + 1] + w * (pos[i + 1] - pos[i]))
-    return np.moveaxis(g, 0, axis)
+    arg = np.broadcast_to(np.arange(g.shape[0]).reshape((-1,) + (1,) * (g.ndim - 1)), g.shape).copy()
+    for order in (range(1, g.shape[0]), range(g.shape[0] - 2, -1, -1)):
+        for i in order:
+            j = i - 1 if order.step == 1 else i + 1
+            cand = g[j] + w * abs(pos[i] - pos[j])
+            better = cand < g[i]
+            g[i] = np.where(better, cand, g[i])
+            arg[i] = np.where(better, arg[j], arg[i])
+    return np.moveaxis(g, 0, axis), np.moveaxis(arg, 0, axis)
+
+
+def _best_predecessor(V: np.ndarray, R: np.ndarray, caps: np.ndarray, p: "PlanProblem") -> tuple[np.ndarray, ...]:
+    """For every state (r, c): min over (r', c') of V[r', c'] + α|R_r − R_r'| + β|cap_c − cap_c'|,
+    and the argmins (r', c'). `caps` sorted ascending."""
+    gc, argc = _l1_transform(V, caps, p.beta_g_per_gb, axis=1)  # over c' for each r'
+    if p.max_change is None:
+        best, argr = _l1_transform(gc, R, p.alpha_g_per_replica, axis=0)  # then over r'
+    else:  # (5c): only predecessors within max_change replicas
+        dist = np.abs(R[:, None] - R[None, :])  # [r, r']
+        cand = gc[None, :, :] + p.alpha_g_per_replica * dist[:, :, None]  # [r, r', c]
+        cand = np.where((dist <= p.max_change)[:, :, None], cand, np.inf)
+        argr = np.argmin(cand, axis=1)
+        best = np.take_along_axis(cand, argr[:, None, :], axis=1)[:, 0, :]
+    return best, argr, np.take_along_axis(argc, argr, axis=0)
 
 
 def solve_dp(p: PlanProblem) -> Plan:
@@ -148,31 +178,17 @@ def solve_dp(p: PlanProblem) -> Plan:
     R = np.array(p.options(), dtype=float)
     caps = np.array([c.capacity_gb for c in p.caches])
     order = np.argsort(caps, kind="stable")  # the L1 transform needs sorted positions
-    inv = np.argsort(order)
     cost = p.slot_cost()[:, :, order]  # [T,R,C] in capacity order
     caps_s = caps[order]
     T, nR, nC = cost.shape
-    back = np.zeros((T, nR, nC, 2), dtype=np.int32)
-    # slot 0 → 1 transition from the current state
+    back = np.zeros((T, nR, nC, 2), dtype=np.int64)
+    # slot 0's predecessor is the current state
     V = cost[0] + p.alpha_g_per_replica * np.abs(R - p.initial_replicas)[:, None] \
         + p.beta_g_per_gb * np.abs(caps_s - p.initial_capacity_gb)[None, :]
     if p.max_change is not None:
         V = np.where((np.abs(R - p.initial_replicas) <= p.max_change)[:, None], V, np.inf)
     for t in range(1, T):
-        # best predecessor for each (r, c): first over c' (L1 in capacity), then over r'
-        gc = _l1_transform(V, caps_s, p.beta_g_per_gb, axis=1)
-        argc = np.empty((nR, nC), dtype=np.int32)
-        for ci in range(nC):  # which c' achieved gc (needed to reconstruct the path)
-            cand = V + p.beta_g_per_gb * np.abs(caps_s - caps_s[ci])[None, :]
-            argc[:, ci] = np.argmin(cand, axis=1)
-        dist = np.abs(R[:, None] - R[None, :])  # [r, r']
-        cand = gc[None, :, :] + p.alpha_g_per_replica * dist[:, :, None]  # [r, r', c]
-        if p.max_change is not None:  # (5c): only nearby predecessors
-            cand = np.where((dist <= p.max_change)[:, :, None], cand, np.inf)
-        argr = np.argmin(cand, axis=1)  # [r, c]
-        best = np.take_along_axis(cand, argr[:, None, :], axis=1)[:, 0, :]
-        back[t, :, :, 0] = argr
-        back[t, :, :, 1] = np.take_along_axis(argc, argr, axis=0)
+        best, back[t, :, :, 0], back[t, :, :, 1] = _best_predecessor(V, R, caps_s, p)
         V = cost[t] + best
     if not np.isfinite(V).any():
         raise PlanInfeasible(_explain(p))
@@ -216,17 +232,13 @@ def plan_cost(p: PlanProblem, replicas: Sequence[int], cache: Sequence[int]) -> 
     return {"slots_g": float(slot), "switching_g": float(switch), "total_g": float(slot + switch)}
 
 
-def solve_milp(p: PlanProblem, *, time_limit_s: float = 5.0, warm_start: Optional[Plan] = None,
-               solver: str = "CBC", threads: int = 1) -> Plan:
-    """Solve the MILP in the module docstring with python-mip (imported here: only the planner needs it)."""
+def _milp_model(p: PlanProblem, solver: str, threads: int):
+    """The MILP of the module docstring as a python-mip model; returns (model, x, y)."""
     import mip
 
-    t_start = time.perf_counter()
     R = p.options()
     C = range(len(p.caches))
     T = range(p.T)
-    cost = p.slot_cost()
-    W = p.work_s()
     caps = [c.capacity_gb for c in p.caches]
     rmin = np.asarray(p.rmin)
     m = mip.Model(sense=mip.MINIMIZE, solver_name=solver)
@@ -236,15 +248,9 @@ def solve_milp(p: PlanProblem, *, time_limit_s: float = 5.0, warm_start: Optiona
     y = [[m.add_var(var_type=mip.BINARY) for _ in C] for _ in T]
     u = [m.add_var(lb=0) for _ in T]
     v = [m.add_var(lb=0) for _ in T]
-    lam, ci = p.arrival_rps, p.intensity
-    slot_terms = []
-    for t in T:
-        k = ci[t] * p.pue * p.slot_hours / 1000.0
-        rep_coef = k * p.idle_w + p.slot_hours * p.replica_embodied_g_per_h
-        term = mip.xsum(rep_coef * R[i] * x[t][i] for i in range(len(R))) + mip.xsum(
-            (k * ((p.busy_w - p.idle_w) * lam[t] * W[c] + p.caches[c].storage_w)
-             + p.slot_hours * p.caches[c].embodied_g_per_h) * y[t][c] for c in C)
-        slot_terms.append(term)
+    rep_cost, cache_cost = p.replica_cost(), p.cache_cost()  # the objective's coefficients
+    slot_terms = [mip.xsum(float(rep_cost[t, i]) * x[t][i] for i in range(len(R)))
+                  + mip.xsum(float(cache_cost[t, c]) * y[t][c] for c in C) for t in T]
     m.objective = mip.xsum(slot_terms) + mip.xsum(p.alpha_g_per_replica * u[t] + p.beta_g_per_gb * v[t] for t in T)
     for t in T:
         reps = mip.xsum(R[i] * x[t][i] for i in range(len(R)))
@@ -263,23 +269,34 @@ def solve_milp(p: PlanProblem, *, time_limit_s: float = 5.0, warm_start: Optiona
             m += prev_r - reps <= p.max_change, f"c5c_down_{t}"
     if p.carbon_budget_g is not None:  # (5a)
         m += mip.xsum(slot_terms) <= p.carbon_budget_g, "c5a_carbon_budget"
+    return m, x, y
+
+
+def _budget_infeasible(p: PlanProblem) -> PlanInfeasible:
+    cost = p.slot_cost().reshape(p.T, -1)
+    if p.carbon_budget_g is not None and np.isfinite(cost.min(axis=1)).all():
+        floor = float(cost.min(axis=1).sum())
+        return PlanInfeasible(f"carbon budget {p.carbon_budget_g:.0f} g is below what the SLO allows: even the "
+                              f"cleanest SLO-feasible choice in every slot emits {floor:.0f} g (switching "
+                              "excluded): raise the budget or relax the SLO")
+    return PlanInfeasible(_explain(p))
+
+
+def solve_milp(p: PlanProblem, *, time_limit_s: float = 5.0, warm_start: Optional[Plan] = None,
+               solver: str = "CBC", threads: int = 1) -> Plan:
+    """Solve the MILP in the module docstring with python-mip (imported here: only the planner needs it)."""
+    import mip
+
+    t_start = time.perf_counter()
+    R, C, T = p.options(), range(len(p.caches)), range(p.T)
+    m, x, y = _milp_model(p, solver, threads)
     if warm_start is not None:
-        start = []
-        for t in T:
-            for i, r in enumerate(R):
-                start.append((x[t][i], 1.0 if warm_start.replicas[t] == r else 0.0))
-            for c in C:
-                start.append((y[t][c], 1.0 if warm_start.cache[t] == c else 0.0))
-        m.start = start
+        m.start = [(x[t][i], 1.0 if warm_start.replicas[t] == r else 0.0) for t in T for i, r in enumerate(R)] + \
+                  [(y[t][c], 1.0 if warm_start.cache[t] == c else 0.0) for t in T for c in C]
     status = m.optimize(max_seconds=time_limit_s)
     solve_s = time.perf_counter() - t_start
     if status == mip.OptimizationStatus.INFEASIBLE:
-        if p.carbon_budget_g is not None and np.isfinite(cost.reshape(p.T, -1).min(axis=1)).all():
-            floor = float(cost.reshape(p.T, -1).min(axis=1).sum())
-            raise PlanInfeasible(f"carbon budget {p.carbon_budget_g:.0f} g is below what the SLO allows: even the "
-                                 f"cleanest SLO-feasible choice in every slot emits {floor:.0f} g (switching "
-                                 "excluded): raise the budget or relax the SLO")
-        raise PlanInfeasible(_explain(p))
+        raise _budget_infeasible(p)
     if status not in (mip.OptimizationStatus.OPTIMAL, mip.OptimizationStatus.FEASIBLE):
         raise TimeoutError(f"solver returned {status.name} in {solve_s:.2f}s")
     reps = [R[max(range(len(R)), key=lambda i: x[t][i].x)] for t in T]

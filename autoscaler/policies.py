@@ -191,15 +191,14 @@ class PlannerPolicy:
 
     @classmethod
     def from_autoscaler_config(cls, cfg, perf=None, name: str = "joint-milp", replica_options=None) -> "PlannerPolicy":
-        """The live actor's policy, built from its `AutoscalerConfig` (the simulator uses this too)."""
-        slo = None
-        if perf is not None:
-            from autoscaler.perf_model import SLO
+        """The live actor's policy, built from its `AutoscalerConfig` (the simulator uses this too).
+        Without a profile the SLO's utilisation ceiling is the whole SLO model (the workload's rule)."""
+        from autoscaler.scenario import Workload
 
-            slo = SLO(ttft_s=cfg.ttft_slo_s, tpot_s=cfg.tpot_slo_s, max_utilisation=cfg.max_utilisation)
         return cls(name, replica_options=replica_options or range(cfg.min_replicas, cfg.max_replicas + 1),
                    capacities_gb=cfg.capacities_gb, horizon_slots=cfg.horizon_slots,
-                   solver_time_limit_s=cfg.solver_time_limit_s, perf=perf, slo=slo, carbon=cfg.carbon,
+                   solver_time_limit_s=cfg.solver_time_limit_s, perf=perf, slo=cfg.slo if perf is not None else None,
+                   carbon=cfg.carbon, workload=Workload(max_utilisation=cfg.slo.max_utilisation),
                    prompt_tokens=cfg.prompt_tokens, output_tokens=cfg.output_tokens)
 
     def hit_ratio_fn(self, obs: Observation):

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from autoscaler.carbon import CarbonConfig
 from autoscaler.carbon_sources import CarbonSource
+from autoscaler.perf_model import DEFAULT_MAX_UTILISATION
 from autoscaler.planner import CacheOption, PlanProblem
 
 
@@ -29,7 +30,8 @@ class Workload(BaseModel):
     decode_gpu_s: float = Field(0.20, ge=0, description="GPU-seconds of decode per request (s).")
     hit_ratio_max: float = Field(0.6, ge=0, le=1, description="Token hit ratio with unbounded cache.")
     hit_ratio_scale_gb: float = Field(200.0, gt=0, description="Capacity at which 63% of the max hit ratio is reached (GB).")
-    max_utilisation: float = Field(0.7, gt=0, le=1, description="Busy fraction per replica that keeps TTFT/TPOT within SLO.")
+    max_utilisation: float = Field(DEFAULT_MAX_UTILISATION, gt=0, le=1,
+                                   description="Busy fraction per replica that keeps TTFT/TPOT within SLO.")
     peak_rps: float = Field(4.0, gt=0, description="Peak arrival rate of the default diurnal load (req/s).")
     trough_fraction: float = Field(0.3, gt=0, le=1, description="Night-time load as a fraction of peak.")
 
@@ -46,14 +48,11 @@ class Workload(BaseModel):
         return out
 
 
-def cache_options(capacities_gb: Sequence[float], workload: Workload, carbon: CarbonConfig,
-                  hit_ratio_fn=None) -> list[CacheOption]:
+def cache_options(capacities_gb: Sequence[float], workload: Workload, hit_ratio_fn=None) -> list[CacheOption]:
     """SSD-backed cache configurations (the disk tier); DRAM tiers can be added the same way.
     `hit_ratio_fn(capacity_gb)` overrides the workload's default curve (e.g. an observed one)."""
     h = hit_ratio_fn or workload.hit_ratio
-    return [CacheOption(name=f"{cap:g}GB", capacity_gb=float(cap), hit_ratio=float(h(cap)),
-                        storage_w=carbon.storage_w(cap, 0.0), embodied_g_per_h=carbon.storage_embodied_g_per_h(cap, 0.0))
-            for cap in capacities_gb]
+    return [CacheOption(name=f"{cap:g}GB", capacity_gb=float(cap), hit_ratio=float(h(cap))) for cap in capacities_gb]
 
 
 def build_problem(source: Optional[CarbonSource], start: datetime, hours: int, *, workload: Optional[Workload] = None,
@@ -71,7 +70,7 @@ def build_problem(source: Optional[CarbonSource], start: datetime, hours: int, *
     workload = workload or Workload()
     carbon = carbon or CarbonConfig()
     lam = list(load_rps) if load_rps is not None else workload.diurnal_load(start, hours)
-    caches = cache_options(capacities_gb, workload, carbon, hit_ratio_fn)
+    caches = cache_options(capacities_gb, workload, hit_ratio_fn)
     prefill_s, decode_s = workload.prefill_gpu_s, workload.decode_gpu_s
     if perf is not None:
         from autoscaler.perf_model import SLO
@@ -89,8 +88,7 @@ def build_problem(source: Optional[CarbonSource], start: datetime, hours: int, *
         slot_hours=1.0, arrival_rps=lam,
         intensity=list(intensity) if intensity is not None else source.forecast(start, hours), replica_options=list(replica_options),
         caches=caches, rmin=rmin, prefill_s=prefill_s, decode_s=decode_s,
-        idle_w=carbon.replica_idle_w(), busy_w=carbon.replica_busy_w(), pue=carbon.pue,
-        replica_embodied_g_per_h=carbon.replica_embodied_g_per_h(), alpha_g_per_replica=alpha_g_per_replica,
+        carbon=carbon, alpha_g_per_replica=alpha_g_per_replica,
         beta_g_per_gb=beta_g_per_gb, initial_replicas=initial_replicas, initial_capacity_gb=initial_capacity_gb,
         **constraints,
     )

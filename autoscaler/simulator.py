@@ -45,11 +45,12 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from pydantic import BaseModel, Field
 
-from autoscaler.carbon import CarbonConfig
+from autoscaler.carbon import SSD_EMBODIED_KG_PER_GB, CarbonConfig
 from autoscaler.perf_model import SLO, PerfModel
 from autoscaler.policies import (CarbonThresholdPolicy, Observation, PlannerPolicy, ServeDefaultPolicy,
                                  StaticPolicy, POLICY_NAMES)
 from autoscaler.workloads import Trace
+from cache_store.sampling import sampled_ids
 
 PROFILES = Path(__file__).parent / "data" / "profiles"
 # name → (profile file, cold start s, TTFT base s, TPOT SLO s, planning utilisation ceiling).
@@ -72,7 +73,7 @@ class SimConfig(BaseModel):
     tpot_s: Optional[float] = Field(None, description="TPOT SLO (s); default per model.")
     chunk_tokens: int = Field(2048, gt=0, description="Chunked-prefill token budget per step.")
     cold_start_s: Optional[float] = Field(None, description="Replica start-up time (s); default per model.")
-    ssd_embodied_kg_per_gb: float = Field(0.110, ge=0, description="SSD embodied factor (kgCO2e/GB).")
+    ssd_embodied_kg_per_gb: float = Field(SSD_EMBODIED_KG_PER_GB, ge=0, description="SSD embodied factor (kgCO2e/GB).")
     gpu_idle_w: Optional[float] = Field(None, ge=0, description="GPU idle power override (W); default 75 (H100).")
     full_hit_fraction: float = Field(0.95, gt=0, le=1, description="'Full cache' reaches this share of the trace's best hit ratio.")
     max_replicas: Optional[int] = Field(None, description="Upper bound for adaptive policies; default 2 × the static count.")
@@ -141,11 +142,33 @@ class _Replica:
     powered_from: float = 0.0
 
 
+# How far back a replica's prefill busy fraction looks (EWMA time constant, s).
+PREFILL_BUSY_TAU_S = 60.0
+
+
+@dataclass
+class Served:
+    """What serving one request on the fleet came to."""
+
+    ttft_s: float
+    tpot_s: float
+    end_s: float
+    start_s: float  # when its prefill started (its busy energy is charged to that hour)
+    busy_j: float  # GPU energy above idle (J)
+
+
 class SimReplicas:
-    def __init__(self, cold_start_s: float) -> None:
+    """The simulated fleet: replicas that start cold, drain when removed, and serve requests
+    (FCFS prefill, one decode batch each; the module docstring states the model)."""
+
+    def __init__(self, cold_start_s: float, perf: Optional[PerfModel] = None, chunk_tokens: int = 2048,
+                 carbon: Optional[CarbonConfig] = None) -> None:
         self.cold_start_s = cold_start_s
         self.active: list[_Replica] = []
         self.draining: list[_Replica] = []
+        self.perf = perf
+        self.chunk_s = perf.prefill_s(chunk_tokens) if perf is not None else 0.0
+        self.carbon = carbon or CarbonConfig()
 
     def set_target(self, n: int, t: float, initial: bool = False) -> None:
         while len(self.active) < n:
@@ -160,8 +183,94 @@ class SimReplicas:
         self.draining = [r for r in self.draining if r.last_end > t]
         return len(self.active) + len(self.draining)
 
+    def _route(self, t: float) -> tuple[_Replica, float]:
+        """The ready replica with the least queued prefill work, and when it can start."""
+        best, best_start = None, math.inf
+        for r in self.active:
+            s0 = max(r.free_at, t, r.ready_at)
+            if s0 < best_start:
+                best_start, best = s0, r
+        return best, best_start
+
+    def serve(self, t: float, prompt: int, output: int, cached: int) -> Served:
+        """Serve one request arriving at `t` with `cached` of its `prompt` tokens in the cache."""
+        perf = self.perf
+        unc = prompt - cached
+        service = perf.prefill_s(unc) + perf.load_s_per_token.get("disk", 0.0) * cached
+        r, start = self._route(t)
+        dq = r.decodes
+        while dq and dq[0] <= start:
+            heapq.heappop(dq)
+        ctx = prompt + output / 2
+        # decode steps sharing the GPU slow the prefill down
+        step_now = perf.decode_step_s(len(dq), ctx) if dq else 0.0
+        service_eff = service * (1.0 + step_now / self.chunk_s)
+        done_pre = start + service_eff
+        r.free_at = done_pre
+        rho = self._prefill_busy(r, start, service_eff)
+        while dq and dq[0] <= done_pre:
+            heapq.heappop(dq)
+        B = len(dq) + 1
+        step = perf.decode_step_s(B, ctx)
+        tpot = step + rho * self.chunk_s  # steps that carry a prefill chunk take that much longer
+        end = done_pre + output * tpot
+        heapq.heappush(dq, end)
+        r.last_end = max(r.last_end, end)
+        pw, gpus = self.carbon.power, self.carbon.gpus_per_replica
+        busy_j = gpus * ((pw.prefill_w - pw.idle_w) * service + (pw.decode_w - pw.idle_w) * output * step / B)
+        return Served(ttft_s=done_pre - t, tpot_s=tpot, end_s=end, start_s=start, busy_j=busy_j)
+
+    @staticmethod
+    def _prefill_busy(r: _Replica, start: float, service_s: float) -> float:
+        """Add `service_s` of prefill at `start` to the replica's EWMA; its busy fraction ρ."""
+        if start > r.acc_t:
+            r.acc = r.acc * math.exp(-(start - r.acc_t) / PREFILL_BUSY_TAU_S) + service_s
+            r.acc_t = start
+        else:
+            r.acc += service_s
+        return min(1.0, r.acc / PREFILL_BUSY_TAU_S)
+
+
+class HourlyLedger:
+    """Per-hour amounts the simulation's carbon is priced from (replica-seconds powered, GPU
+    energy above idle, provisioned GB-seconds) and the hourly timeline of the decisions."""
+
+    def __init__(self, hours: int) -> None:
+        self.H = hours
+        self.rep_s = np.zeros(hours)
+        self.busy_j = np.zeros(hours)
+        self.gb_s = np.zeros(hours)
+        self.replicas = np.zeros(hours)
+        self.capacity_gb = np.zeros(hours)
+        self.last_t = 0.0
+
+    def _hour(self, t: float) -> int:
+        return min(int(t // 3600), self.H - 1)
+
+    def advance(self, t_now: float, fleet: SimReplicas, cache: SimCache) -> None:
+        """Charge the powered replicas and provisioned capacity from the last call until `t_now`."""
+        dt = t_now - self.last_t
+        if dt <= 0:
+            return
+        h = self._hour(self.last_t)
+        self.rep_s[h] += fleet.powered(self.last_t) * dt
+        self.gb_s[h] += cache.capacity_gb * dt
+        self.replicas[h] = len(fleet.active)
+        self.capacity_gb[h] = cache.capacity_gb
+        self.last_t = t_now
+
+    def charge_busy(self, t: float, joules: float) -> None:
+        self.busy_j[self._hour(t)] += joules
+
+    def footprint(self, carbon: CarbonConfig, intensity: np.ndarray):
+        """The whole run's carbon, hour by hour through the one carbon-cost function."""
+        return carbon.footprint(intensity_g_per_kwh=intensity[:self.H], replica_hours=self.rep_s / 3600,
+                                busy_wh=self.busy_j / 3600, ssd_gb_hours=self.gb_s / 3600)
+
 
 # ---- the simulation ----------------------------------------------------------------------
+ACCOUNT_EVERY_S = 60.0  # how often the hourly ledger catches up with powered replicas and capacity
+
 @dataclass
 class PolicyResult:
     policy: str
@@ -208,14 +317,13 @@ class Simulation:
         self.start = datetime.fromisoformat(cfg.start).replace(tzinfo=timezone.utc)
         self.hours = int(math.ceil(max(trace.duration_s, 1.0) / 3600)) + 1
         self.intensity = np.array(self.source.forecast(self.start, self.hours))
-        # SHARDS filter on chunk ids (a stable multiplicative hash): what the engines publish live
-        # The access stream in the order the cache sees recency: each request's blocks reversed.
+        # The access stream in the order the cache sees recency (each request's blocks reversed),
+        # and which accesses the SHARDS sample keeps: the same hash the live store samples with.
         nb = np.diff(trace.block_ptr)
         req = np.repeat(np.arange(len(trace)), nb)
         pos = np.arange(len(trace.blocks)) - trace.block_ptr[req]
         self.stream = trace.blocks[trace.block_ptr[req] + nb[req] - 1 - pos] if len(trace.blocks) else trace.blocks
-        h = (self.stream.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
-        self.sampled = h < np.uint64(int(cfg.sample_rate * (1 << 24)))
+        self.sampled = sampled_ids(self.stream, cfg.sample_rate)
         self.blocks_list = trace.blocks.tolist()
         self._provision()
 
@@ -259,7 +367,7 @@ class Simulation:
     def autoscaler_config(self, name: str = "joint-milp"):
         """The live actor's configuration that runs planner policy `name` on this scenario:
         cache-ilp pins replicas to the static count, joint-milp ranges over 1..max_replicas."""
-        from autoscaler.actor import AutoscalerConfig
+        from autoscaler.config import AutoscalerConfig
 
         slo = self.planner_slo()
         lo, hi = (self.static_replicas, self.static_replicas) if name == "cache-ilp" else (1, self.max_replicas)
@@ -267,7 +375,7 @@ class Simulation:
             grid=self.cfg.grid, trace_start=self.cfg.start, min_replicas=lo, max_replicas=hi,
             capacities_gb=self.capacities_gb, horizon_slots=self.cfg.horizon_slots,
             solver_time_limit_s=self.cfg.solver_time_limit_s, profile_path=str(PROFILES / MODELS[self.cfg.model][0]),
-            ttft_slo_s=slo.ttft_s, tpot_slo_s=slo.tpot_s, max_utilisation=slo.max_utilisation,
+            slo=slo,
             prompt_tokens=self.effective_prompt, output_tokens=self.mean_output, carbon=self.carbon)
 
     def make_policy(self, name: str):
@@ -318,179 +426,88 @@ class Simulation:
             effective_prompt_tokens=ep, now_s=t)
 
     # ---- run one policy ------------------------------------------------------------------
+    def _decide(self, policy, t: float, fleet: SimReplicas, cache: SimCache, in_flight: list, initial=False) -> None:
+        """One decision point: observe, decide, apply the decision to the simulated actuators."""
+        while in_flight and in_flight[0] <= t:
+            heapq.heappop(in_flight)
+        obs = self.observe(t, policy.interval_s, fleet, cache, len(in_flight), isinstance(policy, PlannerPolicy))
+        dec = policy.decide(obs)
+        fleet.set_target(dec.replicas, t, initial=initial)
+        cache.set_capacity(dec.capacity_gb)
+
     def run(self, policy, progress: Optional[Callable[[float], None]] = None) -> PolicyResult:
-        tr, perf, carbon = self.trace, self.perf, self.carbon
+        """Replay the trace under `policy`: requests in arrival order; every `policy.interval_s`
+        a decision, every `ACCOUNT_EVERY_S` the hourly ledger catches up."""
+        tr = self.trace
         n = len(tr)
-        arr = tr.arrival_s.tolist()
-        prompt = tr.prompt_tokens.tolist()
-        output = tr.output_tokens.tolist()
-        ptr = tr.block_ptr.tolist()
-        blocks = self.blocks_list
-        bt = tr.block_tokens
-        gpus = carbon.gpus_per_replica
-        pw = carbon.power
-        load_s = perf.load_s_per_token.get("disk", 0.0)
-        a, b, c = perf.a, perf.b, perf.c
-        d, e, f = perf.d, perf.e, perf.f
-        chunk_s = perf.prefill_s(self.cfg.chunk_tokens)
-        tau = 60.0
-        ttft_base, ttft_scale, tpot_slo = self.ttft_base_s, self.cfg.ttft_scale, self.tpot_s
-
+        arrivals, prompts, outputs = tr.arrival_s.tolist(), tr.prompt_tokens.tolist(), tr.output_tokens.tolist()
+        ptr, blocks = tr.block_ptr.tolist(), self.blocks_list
         cache = SimCache(self.chunk_bytes)
-        reps = SimReplicas(self.cold_start_s)
-        ends: list[float] = []  # global heap of request end times (in-flight count)
-        wants_sample = isinstance(policy, PlannerPolicy)
-        first = policy.decide(self.observe(0.0, policy.interval_s, reps, cache, 0, wants_sample))
-        reps.set_target(first.replicas, 0.0, initial=True)
-        cache.set_capacity(first.capacity_gb)
-
-        H = self.hours
-        idle_j = np.zeros(H)  # GPU idle energy (J), per hour
-        busy_j = np.zeros(H)  # GPU energy above idle (J)
-        store_j = np.zeros(H)
-        rep_s = np.zeros(H)  # replica-seconds
-        gb_s = np.zeros(H)  # provisioned GB-seconds
-        tl_rep = np.zeros(H)
-        tl_cap = np.zeros(H)
-        ttft = np.empty(n)
-        tpot = np.empty(n)
-        finish = np.full(n, np.nan)
-        done_count = np.zeros(n, dtype=np.int8)
-        hit_tokens = 0
-        prompt_tokens_total = 0
-        acct_dt = 60.0
-        next_acct = acct_dt
-        last_acct = 0.0
-        next_tick = policy.interval_s
+        fleet = SimReplicas(self.cold_start_s, self.perf, self.cfg.chunk_tokens, self.carbon)
+        ledger = HourlyLedger(self.hours)
+        in_flight: list[float] = []  # end times of requests still running (queue-based policies)
+        self._decide(policy, 0.0, fleet, cache, in_flight, initial=True)
+        ttft, tpot, finish = np.empty(n), np.empty(n), np.full(n, np.nan)
+        cached_tokens = 0
+        next_acct, next_tick = ACCOUNT_EVERY_S, policy.interval_s
         prog_every = max(1, n // 200)
-
-        def account(t_now: float) -> None:
-            nonlocal last_acct
-            dt = t_now - last_acct
-            if dt <= 0:
-                return
-            h = min(int(last_acct // 3600), H - 1)
-            p = reps.powered(last_acct)
-            rep_s[h] += p * dt
-            idle_j[h] += p * gpus * pw.idle_w * dt
-            gb_s[h] += cache.capacity_gb * dt
-            store_j[h] += carbon.storage_w(cache.capacity_gb, 0.0) * dt
-            tl_rep[h] = len(reps.active)
-            tl_cap[h] = cache.capacity_gb
-            last_acct = t_now
 
         def tick_until(t_now: float) -> None:
             nonlocal next_acct, next_tick
-            while True:
+            while min(next_acct, next_tick) <= t_now:
                 nt = min(next_acct, next_tick)
-                if nt > t_now:
-                    return
-                account(nt)
+                ledger.advance(nt, fleet, cache)
                 if nt == next_tick:
-                    while ends and ends[0] <= nt:
-                        heapq.heappop(ends)
-                    dec = policy.decide(self.observe(nt, policy.interval_s, reps, cache, len(ends), wants_sample))
-                    reps.set_target(dec.replicas, nt)
-                    cache.set_capacity(dec.capacity_gb)
+                    self._decide(policy, nt, fleet, cache, in_flight)
                     next_tick += policy.interval_s
                 if nt == next_acct:
-                    next_acct += acct_dt
+                    next_acct += ACCOUNT_EVERY_S
 
         for i in range(n):
-            t = arr[i]
-            if t >= next_acct or t >= next_tick:
-                tick_until(t)
-            P = prompt[i]
-            O = output[i]
+            t = arrivals[i]
+            tick_until(t)
             hit = cache.access(blocks[ptr[i]:ptr[i + 1]])
-            cached = hit * bt
-            if cached >= P:
-                cached = P - 1
-            unc = P - cached
-            pre = a + b * unc + c * unc * unc
-            service = pre + load_s * cached
-            # route: the ready replica with the least queued prefill work
-            best = None
-            best_start = math.inf
-            for r in reps.active:
-                s0 = r.free_at if r.free_at > t else t
-                if r.ready_at > s0:
-                    s0 = r.ready_at
-                if s0 < best_start:
-                    best_start, best = s0, r
-            r = best
-            dq = r.decodes
-            while dq and dq[0] <= best_start:
-                heapq.heappop(dq)
-            B = len(dq)
-            ctx = P + O / 2
-            step_now = d + e * B + f * B * ctx if B else 0.0
-            service_eff = service * (1.0 + step_now / chunk_s)
-            done_pre = best_start + service_eff
-            r.free_at = done_pre
-            # prefill busy fraction (EWMA over tau seconds)
-            r.acc = r.acc * math.exp(-(best_start - r.acc_t) / tau) + service_eff if best_start > r.acc_t else r.acc + service_eff
-            if best_start > r.acc_t:
-                r.acc_t = best_start
-            rho = r.acc / tau
-            if rho > 1.0:
-                rho = 1.0
-            while dq and dq[0] <= done_pre:
-                heapq.heappop(dq)
-            B = len(dq) + 1
-            step = d + e * B + f * B * ctx
-            tp = step + rho * chunk_s
-            end = done_pre + O * tp
-            heapq.heappush(dq, end)
-            heapq.heappush(ends, end)
-            if end > r.last_end:
-                r.last_end = end
-            tt = done_pre - t
-            ttft[i] = tt
-            tpot[i] = tp
-            finish[i] = end
-            done_count[i] += 1
-            h = int(best_start // 3600)
-            if h >= H:
-                h = H - 1
-            busy_j[h] += gpus * ((pw.prefill_w - pw.idle_w) * service + (pw.decode_w - pw.idle_w) * O * step / B)
-            hit_tokens += cached
-            prompt_tokens_total += P
+            cached = min(hit * tr.block_tokens, prompts[i] - 1)  # one token is always computed
+            served = fleet.serve(t, prompts[i], outputs[i], cached)
+            heapq.heappush(in_flight, served.end_s)
+            ttft[i], tpot[i], finish[i] = served.ttft_s, served.tpot_s, served.end_s
+            ledger.charge_busy(served.start_s, served.busy_j)
+            cached_tokens += cached
             if progress is not None and i % prog_every == 0:
                 progress(i / n)
         t_end = max(float(np.nanmax(finish)) if n else 0.0, tr.duration_s)
-        tick_until(min(t_end, (H - 1) * 3600.0))
-        account(min(t_end, H * 3600.0 - 1))
+        tick_until(min(t_end, (self.hours - 1) * 3600.0))
+        ledger.advance(min(t_end, self.hours * 3600.0 - 1), fleet, cache)
         if progress is not None:
             progress(1.0)
+        self.last_finish = finish
+        return self._result(policy.name, ledger, ttft, tpot, finish, cached_tokens, t_end)
 
-        # carbon
-        ci = self.intensity[:H]
-        energy_j = idle_j + busy_j + store_j
-        op_g = float(np.sum(energy_j / 3.6e6 * carbon.pue * ci))
-        rep_h = rep_s / 3600
-        emb_g = float(np.sum(rep_h) * carbon.replica_embodied_g_per_h()
-                      + np.sum(gb_s / 3600) * carbon.storage_embodied_g_per_h(1.0, 0.0))
-        ttft_ok = ttft <= np.maximum(ttft_base, ttft_scale * (a + b * tr.prompt_tokens + c * tr.prompt_tokens.astype(float) ** 2))
-        tpot_ok = tpot <= tpot_slo
+    def _result(self, name: str, ledger: HourlyLedger, ttft, tpot, finish, cached_tokens: int,
+                t_end: float) -> PolicyResult:
+        tr, n = self.trace, len(self.trace)
+        fp = ledger.footprint(self.carbon, self.intensity)
+        op_g, emb_g = float(np.sum(fp.operational_g)), float(np.sum(fp.embodied_g))
+        p = tr.prompt_tokens.astype(float)
+        ttft_ok = ttft <= np.maximum(self.ttft_base_s, self.cfg.ttft_scale * self.perf.prefill_s(p))
+        tpot_ok = tpot <= self.tpot_s
         both = ttft_ok & tpot_ok
         hours_run = int(math.ceil(tr.duration_s / 3600))
-        res = PolicyResult(
-            policy=policy.name, requests=n, finished=int(np.sum(done_count == 1)),
+        prompt_total = int(tr.prompt_tokens.sum())
+        return PolicyResult(
+            policy=name, requests=n, finished=int(np.isfinite(finish).sum()),
             total_kg=(op_g + emb_g) / 1000, operational_kg=op_g / 1000, embodied_kg=emb_g / 1000,
-            energy_kwh=float(energy_j.sum() / 3.6e6 * carbon.pue), slo_attainment=float(both.mean()) if n else 1.0,
+            energy_kwh=float(np.sum(fp.energy_kwh) * self.carbon.pue),
+            slo_attainment=float(both.mean()) if n else 1.0,
             ttft_attainment=float(ttft_ok.mean()) if n else 1.0, tpot_attainment=float(tpot_ok.mean()) if n else 1.0,
-            hit_ratio=hit_tokens / prompt_tokens_total if prompt_tokens_total else 0.0,
-            replica_hours=float(rep_h.sum()),
+            hit_ratio=cached_tokens / prompt_total if prompt_total else 0.0,
+            replica_hours=float(ledger.rep_s.sum() / 3600),
             ttft_p50_s=float(np.median(ttft)) if n else 0.0, ttft_p90_s=float(np.quantile(ttft, 0.9)) if n else 0.0,
             tpot_p50_s=float(np.median(tpot)) if n else 0.0, tpot_p90_s=float(np.quantile(tpot, 0.9)) if n else 0.0,
-            mean_capacity_gb=float(np.sum(gb_s) / max(t_end, 1.0)),
-            timeline={"intensity": ci[:hours_run].tolist(), "replicas": tl_rep[:hours_run].tolist(),
-                      "capacity_gb": tl_cap[:hours_run].tolist()},
+            mean_capacity_gb=float(np.sum(ledger.gb_s) / max(t_end, 1.0)),
+            timeline={"intensity": self.intensity[:hours_run].tolist(), "replicas": ledger.replicas[:hours_run].tolist(),
+                      "capacity_gb": ledger.capacity_gb[:hours_run].tolist()},
         )
-        self.last_finish = finish
-        self.last_done_count = done_count
-        return res
 
 
 def simulate(trace: Trace, config: SimConfig, policies: Sequence[str] = POLICY_NAMES, *, workers: int = 1,

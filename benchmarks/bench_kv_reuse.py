@@ -35,11 +35,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoTokenizer
 
-    from cache_store.engine_harness import KVEngine
+    from benchmarks.kv_engine import KVEngine
     from cache_store.redis_server import RedisServer
-    from greencache.config import ServeConfig
+    from deployments.config import ServeConfig
+    from deployments.demo_model import resolve_model
 
-    model = args.model or ServeConfig().resolved_model()[0]
+    model = args.model or resolve_model(ServeConfig())[0]
     vocab = len(AutoTokenizer.from_pretrained(model))
     work = Path(tempfile.mkdtemp(prefix="gc-kv-reuse-"))
     results = {}

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,17 +21,12 @@ from pathlib import Path
 import httpx
 
 from benchmarks.loadgen import LoadResult, percentile, random_token_prompts, run_closed_loop
+from cache_store.local import free_port
 
 MODEL_NAME = "greencache-demo"
 # Pause before switching systems: a CPU engine's OpenMP threads keep spinning for a while
 # after its last step and would slow whichever system is measured next.
 SETTLE_S = 1.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_ready(url: str, proc: subprocess.Popen | None, timeout_s: float = 300) -> None:
@@ -51,7 +45,7 @@ def _wait_ready(url: str, proc: subprocess.Popen | None, timeout_s: float = 300)
 
 def start_vllm_server(model: str, port: int, max_model_len: int, log_path: Path,
                       stream_interval: int = 1) -> subprocess.Popen:
-    from greencache.config import engine_env
+    from deployments.config import engine_env
 
     env = dict(os.environ, **engine_env())
     cmd = [
@@ -70,7 +64,7 @@ def _table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="greencache bench serve", description=__doc__)
     p.add_argument("--json", action="store_true", help="print the JSON result on stdout")
     p.add_argument("--model", default=None, help="model directory (default: the demo model)")
@@ -88,69 +82,74 @@ def main(argv: list[str] | None = None) -> int:
                    help="GreenCache through Ray Serve's HTTP proxy (one more process per streamed token)")
     p.add_argument("--probe-requests", type=int, default=24,
                    help="requests per system at concurrency 1 (pure path latency, no queueing)")
-    args = p.parse_args(argv)
-    # Ray's C++ workers write log lines to file descriptor 1 (e.g. at shutdown), which would
-    # corrupt `--json` output: send fd 1 to stderr while Ray runs; JSON goes to the real stdout.
-    sys.stdout.flush()
-    real_stdout = os.dup(1)
-    os.dup2(2, 1)
+    return p.parse_args(argv)
 
-    from greencache.config import ServeConfig
-    from greencache.server import start_serve, stop_all
 
-    from autoscaler.actor import AutoscalerConfig
+def _greencache_config(args: argparse.Namespace):
+    """GreenCache with the baseline's engine: no autoscaler, no KV connector (vLLM's server has neither)."""
+    from autoscaler.config import AutoscalerConfig
+    from cache_store.config import KVStoreConfig
+    from deployments.config import ServeConfig
+    from deployments.demo_model import resolve_model
 
-    # Same engine as the baseline: no autoscaler, no KV connector (vLLM's server has neither).
-    from greencache.config import KVStoreConfig
-
-    config = ServeConfig(model=args.model, port=_free_port(), num_replicas=1, max_model_len=args.max_model_len,
+    config = ServeConfig(model=args.model, port=free_port(), num_replicas=1, max_model_len=args.max_model_len,
                          stream_interval_ms=args.stream_interval_ms, direct_ingress=not args.no_direct_ingress,
                          engine_kwargs={"stream_interval": args.engine_stream_interval},
                          autoscaler=AutoscalerConfig(enabled=False), kv_store=KVStoreConfig(enabled=False))
-    model_dir, _ = config.resolved_model()
-    config = config.model_copy(update={"model": model_dir, "served_model_name": MODEL_NAME})
-    from transformers import AutoTokenizer
+    model_dir, _ = resolve_model(config)
+    return config.model_copy(update={"model": model_dir, "served_model_name": MODEL_NAME})
 
-    vocab = len(AutoTokenizer.from_pretrained(model_dir))
+
+def _run_rounds(args, systems: dict[str, str], vocab: int) -> tuple[dict, dict]:
+    """Alternating measured rounds (round 0 warms both systems up and is discarded)."""
+    rounds: dict[str, list[dict]] = {"greencache": [], "vllm": []}
+    merged: dict[str, LoadResult] = {"greencache": LoadResult(), "vllm": LoadResult()}
+    seed = 0
+    for r in range(args.rounds + 1):
+        for name in ("greencache", "vllm") if r % 2 == 0 else ("vllm", "greencache"):
+            seed += 1
+            time.sleep(SETTLE_S)
+            prompts = random_token_prompts(args.requests, args.prompt_tokens, vocab, seed)
+            res = asyncio.run(run_closed_loop(systems[name], MODEL_NAME, prompts,
+                                              concurrency=args.concurrency, max_tokens=args.max_tokens))
+            s = res.summary()
+            print(f"[bench serve] round {r} {name:10s} rps={s['rps']:.2f} ttft_p50={s['ttft_p50_ms']:.1f}ms "
+                  f"failed={s['failed']}", file=sys.stderr, flush=True)
+            if r > 0:
+                rounds[name].append(s)
+                merged[name].results.extend(res.results)
+                merged[name].wall_s += res.wall_s
+    return rounds, merged
+
+
+def _probe(args, systems: dict[str, str], vocab: int) -> dict[str, list[float]]:
+    """Unloaded probe: one request at a time, systems interleaved request by request, so TTFT
+    differences are the serving path's own latency rather than queueing."""
+    probe: dict[str, list[float]] = {"greencache": [], "vllm": []}
+    for i, prompt in enumerate(random_token_prompts(args.probe_requests, args.prompt_tokens, vocab, 10_000)):
+        for name in ("greencache", "vllm") if i % 2 == 0 else ("vllm", "greencache"):
+            time.sleep(SETTLE_S)
+            res = asyncio.run(run_closed_loop(systems[name], MODEL_NAME, [prompt], concurrency=1,
+                                              max_tokens=args.max_tokens))
+            probe[name].extend(x.ttft_s for x in res.ok)
+    return probe
+
+
+def _measure(args, config, model_dir: str, vocab: int) -> tuple[dict, dict, dict]:
+    """Start both systems, run the rounds and the probe, stop both."""
+    from deployments.launch import start_serve, stop_all
 
     log_dir = Path(config.home) / "bench"
     log_dir.mkdir(parents=True, exist_ok=True)
-    vllm_port = _free_port()
+    vllm_port = free_port()
     vllm_proc = start_vllm_server(model_dir, vllm_port, args.max_model_len, log_dir / "vllm_server.log",
                                   stream_interval=args.engine_stream_interval)
-    systems: dict[str, str] = {}
-    rounds: dict[str, list[dict]] = {"greencache": [], "vllm": []}
-    merged: dict[str, LoadResult] = {"greencache": LoadResult(), "vllm": LoadResult()}
     try:
-        systems["greencache"] = start_serve(config)
-        systems["vllm"] = f"http://127.0.0.1:{vllm_port}"
+        systems = {"greencache": start_serve(config), "vllm": f"http://127.0.0.1:{vllm_port}"}
         _wait_ready(systems["vllm"], vllm_proc)
         _wait_ready(systems["greencache"], None)
-        seed = 0
-        for r in range(args.rounds + 1):  # round 0 warms both up and is discarded
-            for name in ("greencache", "vllm") if r % 2 == 0 else ("vllm", "greencache"):
-                seed += 1
-                time.sleep(SETTLE_S)
-                prompts = random_token_prompts(args.requests, args.prompt_tokens, vocab, seed)
-                res = asyncio.run(run_closed_loop(systems[name], MODEL_NAME, prompts,
-                                                  concurrency=args.concurrency, max_tokens=args.max_tokens))
-                s = res.summary()
-                print(f"[bench serve] round {r} {name:10s} rps={s['rps']:.2f} ttft_p50={s['ttft_p50_ms']:.1f}ms "
-                      f"failed={s['failed']}", file=sys.stderr, flush=True)
-                if r > 0:
-                    rounds[name].append(s)
-                    merged[name].results.extend(res.results)
-                    merged[name].wall_s += res.wall_s
-        # Unloaded probe: one request at a time, systems interleaved request by request, so
-        # TTFT differences are the serving path's own latency rather than queueing.
-        probe: dict[str, list[float]] = {"greencache": [], "vllm": []}
-        probe_prompts = random_token_prompts(args.probe_requests, args.prompt_tokens, vocab, 10_000)
-        for i, prompt in enumerate(probe_prompts):
-            for name in ("greencache", "vllm") if i % 2 == 0 else ("vllm", "greencache"):
-                time.sleep(SETTLE_S)
-                res = asyncio.run(run_closed_loop(systems[name], MODEL_NAME, [prompt], concurrency=1,
-                                                  max_tokens=args.max_tokens))
-                probe[name].extend(x.ttft_s for x in res.ok)
+        rounds, merged = _run_rounds(args, systems, vocab)
+        probe = _probe(args, systems, vocab)
     finally:
         vllm_proc.terminate()
         try:
@@ -158,20 +157,23 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             os.killpg(vllm_proc.pid, 9)
         stop_all()
+    return rounds, merged, probe
 
-    def stats(name: str) -> dict:
-        res = merged[name]
-        ttft = sorted(x.ttft_s for x in res.ok)
-        return {"rps": len(res.ok) / res.wall_s, "ttft_p50_ms": percentile(ttft, 50) * 1e3,
-                "ttft_p90_ms": percentile(ttft, 90) * 1e3, "failed": len(res.results) - len(res.ok)}
 
-    g, v = stats("greencache"), stats("vllm")
+def _stats(res: LoadResult) -> dict:
+    ttft = sorted(x.ttft_s for x in res.ok)
+    return {"rps": len(res.ok) / res.wall_s, "ttft_p50_ms": percentile(ttft, 50) * 1e3,
+            "ttft_p90_ms": percentile(ttft, 90) * 1e3, "failed": len(res.results) - len(res.ok)}
+
+
+def _result(args, model_dir: str, rounds: dict, merged: dict, probe: dict) -> dict:
+    g, v = _stats(merged["greencache"]), _stats(merged["vllm"])
     # Round r of each system ran back to back, so per-round ratios cancel slow drift on a
     # shared machine; their medians are a cross-check on the pooled figures.
     pairs = list(zip(rounds["greencache"], rounds["vllm"]))
     pair_ratio = sorted(a["rps"] / b["rps"] for a, b in pairs if b["rps"])
     pair_ttft = sorted(a["ttft_p50_ms"] - b["ttft_p50_ms"] for a, b in pairs)
-    out = {
+    return {
         "greencache_rps": g["rps"],
         "vllm_rps": v["rps"],
         "throughput_ratio": g["rps"] / v["rps"] if v["rps"] else float("nan"),
@@ -187,22 +189,44 @@ def main(argv: list[str] | None = None) -> int:
         "failed_greencache": g["failed"],
         "failed_vllm": v["failed"],
         "targets": {"throughput_ratio_min": 0.9, "ttft_p50_overhead_ms_max": 10.0},
-        "config": {"direct_ingress": not args.no_direct_ingress, "stream_interval_ms": args.stream_interval_ms, "engine_stream_interval": args.engine_stream_interval,
+        "config": {"direct_ingress": not args.no_direct_ingress, "stream_interval_ms": args.stream_interval_ms,
+                   "engine_stream_interval": args.engine_stream_interval,
                    "requests_per_round": args.requests, "concurrency": args.concurrency,
                    "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
                    "rounds": args.rounds, "model": model_dir, "cpus": os.cpu_count()},
         "rounds": rounds,
     }
-    rows = [("system", "req/s", "TTFT p50 ms", "TTFT p90 ms", "failed"),
-            ("greencache", f"{g['rps']:.2f}", f"{g['ttft_p50_ms']:.1f}", f"{g['ttft_p90_ms']:.1f}", str(g["failed"])),
-            ("vllm", f"{v['rps']:.2f}", f"{v['ttft_p50_ms']:.1f}", f"{v['ttft_p90_ms']:.1f}", str(v["failed"]))]
-    rows.append(("(c=1) greencache", "", f"{out['ttft_p50_ms_c1_greencache']:.1f}", "", ""))
-    rows.append(("(c=1) vllm", "", f"{out['ttft_p50_ms_c1_vllm']:.1f}", "", ""))
+
+
+def _print_table(out: dict) -> None:
+    rows = [("system", "req/s", "TTFT p50 ms", "TTFT p90 ms", "failed")]
+    for name in ("greencache", "vllm"):
+        rows.append((name, f"{out[f'{name}_rps']:.2f}", f"{out[f'ttft_p50_ms_{name}']:.1f}",
+                     f"{out[f'ttft_p90_ms_{name}']:.1f}", str(out[f"failed_{name}"])))
+    for name in ("greencache", "vllm"):
+        rows.append((f"(c=1) {name}", "", f"{out[f'ttft_p50_ms_c1_{name}']:.1f}", "", ""))
     print(_table(rows), file=sys.stderr)
     print(f"throughput_ratio={out['throughput_ratio']:.3f} (target >= 0.9)  "
           f"TTFT p50 overhead={out['ttft_p50_overhead_ms']:.1f} ms (target <= 10)", file=sys.stderr)
-    print(f"median over {len(pairs)} round pairs: throughput_ratio={out['paired_rounds']['throughput_ratio_median']:.3f}  "
-          f"TTFT p50 overhead={out['paired_rounds']['ttft_p50_overhead_ms_median']:.1f} ms", file=sys.stderr)
+    pr = out["paired_rounds"]
+    print(f"median over {pr['pairs']} round pairs: throughput_ratio={pr['throughput_ratio_median']:.3f}  "
+          f"TTFT p50 overhead={pr['ttft_p50_overhead_ms_median']:.1f} ms", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    # Ray's C++ workers write log lines to file descriptor 1 (e.g. at shutdown), which would
+    # corrupt `--json` output: send fd 1 to stderr while Ray runs; JSON goes to the real stdout.
+    sys.stdout.flush()
+    real_stdout = os.dup(1)
+    os.dup2(2, 1)
+    from transformers import AutoTokenizer
+
+    config = _greencache_config(args)
+    vocab = len(AutoTokenizer.from_pretrained(config.model))
+    rounds, merged, probe = _measure(args, config, config.model, vocab)
+    out = _result(args, config.model, rounds, merged, probe)
+    _print_table(out)
     sys.stdout.flush()
     if args.json:
         with os.fdopen(real_stdout, "w") as f:

@@ -17,13 +17,16 @@ import json
 import time
 from pathlib import Path
 
+from autoscaler.carbon import SSD_EMBODIED_KG_PER_GB
+
 GRIDS = ("FR", "US-CAL-CISO", "DE", "US-TEX-ERCO", "US-MIDA-PJM", "IN-WE")
 MODELS = ("llama3-8b", "llama3-70b")
-SSD = (0.01, 0.04, 0.11, 0.16)
+SSD = (0.01, 0.04, SSD_EMBODIED_KG_PER_GB, 0.16)  # the sensitivity range around the default
 IDLE_W = (75.0, 120.0)  # DESIGN.md default; measured on an H100 holding a model (benchmarks/results/gpu)
 
 
-def run(trace_name: str, grid: str, model: str, days: float, diurnal: float, policies=None, ssd: float = 0.11,
+def run(trace_name: str, grid: str, model: str, days: float, diurnal: float, policies=None,
+        ssd: float = SSD_EMBODIED_KG_PER_GB,
         plots_dir=None, idle_w: float | None = None) -> dict:
     from autoscaler.policies import POLICY_NAMES
     from autoscaler.sim_report import plots

@@ -1,0 +1,1 @@
+"""The tiered KV chunk store (memory, node-local disk, shared Redis) and the vLLM connector that plugs it into engines; also the local-machine helpers every part shares (local.py). Imports no other part of GreenCache."""

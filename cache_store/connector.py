@@ -50,6 +50,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 
 from cache_store.format import ChunkError, Namespace, chunk_keys, decode_chunk, encode_chunk
+from cache_store.local import atomic_write_text, private_dir
 from cache_store.store import KVStore, build_store
 
 if TYPE_CHECKING:
@@ -393,8 +394,8 @@ class GreenCacheConnector(KVConnectorBase_V1):
 
     def connector_stats(self) -> dict:
         return {"namespace": self.ns.id, "role": self._role.name, "loaded_chunks": self.loaded_chunks,
-                "chunk_bytes": self.chunk_bytes(), "access_sample": list(self.store.access_sample),
-                "access_sample_rate": self.store.access_sample_rate,
+                "chunk_bytes": self.chunk_bytes(), "access_sample": self.store.sampler.snapshot(),
+                "access_sample_rate": self.store.sampler.rate,
                 "saved_chunks": self.saved_chunks, "failed_chunks": self.failed_chunks,
                 "dropped_saves": self.dropped_saves, "chunk_tokens": self.chunk_tokens, "store": self.store.stats()}
 
@@ -404,10 +405,8 @@ class GreenCacheConnector(KVConnectorBase_V1):
             return
         self._stats_written = time.monotonic()
         try:
-            self.stats_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.stats_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.connector_stats()))
-            os.replace(tmp, self.stats_path)
+            private_dir(self.stats_path.parent)
+            atomic_write_text(self.stats_path, json.dumps(self.connector_stats()))
         except OSError:
             pass
 

@@ -6,72 +6,39 @@
   faster tiers above.
 - `put_many(items)` writes through to every tier (each tier enforces its own capacity).
 - `invalidate(keys)` deletes a chunk everywhere (used when a value fails validation).
-- Capacity per tier is changeable while serving (`set_capacity`), directly or through a small
-  JSON control file that the engine processes poll (`control_path`), because the store lives
-  inside vLLM's engine processes where the autoscaler cannot call it.
+- `set_capacity(tier, bytes)` changes a tier's limit while serving; `build_store` wires a
+  `ControlFile` to it when the spec names one (see control.py).
 
-Stats: per-tier counters plus the embodied carbon accrued by provisioned capacity
-(capacity GB × hours × kgCO2e per GB-hour; factors from DESIGN.md: SSD 0.110 kg/GB and DRAM
-0.29 kg/GB over a 4-year life).
+Stats: per-tier counters, lookups and hits, and the capacity each tier has held over time
+(GB-hours), which the autoscaler's carbon ledger turns into embodied carbon. Every lookup also
+feeds a SHARDS access sample (sampling.py) for the autoscaler's hit-rate curve.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import threading
 import time
-from pathlib import Path
 from typing import Any, Optional, Sequence
+
+from cache_store.sampling import AccessSampler
 
 logger = logging.getLogger("greencache.store")
 
-HOURS_PER_LIFE = 4 * 365 * 24
-# kgCO2e per GB of capacity per hour of provisioning (embodied, amortised).
-EMBODIED_KG_PER_GB_HOUR = {
-    "disk": 0.110 / HOURS_PER_LIFE,  # SSD, EcoServe artifact
-    "memory": 0.29 / HOURS_PER_LIFE,  # DRAM, EcoServe artifact
-    "redis": 0.29 / HOURS_PER_LIFE,  # Redis holds data in DRAM
-}
-
 
 class KVStore:
-    def __init__(self, tiers: Sequence[Any], control_path: Optional[str] = None, control_poll_s: float = 1.0,
-                 access_sample_rate: float = 0.25, access_sample_max: int = 4000) -> None:
-        from collections import deque
-
+    def __init__(self, tiers: Sequence[Any], sampler: Optional[AccessSampler] = None) -> None:
         self.tiers = list(tiers)
-        # SHARDS-sampled stream of requested chunk keys (short ids), for hit-rate curves.
-        self.access_sample_rate = access_sample_rate
-        self.access_sample: "deque[str]" = deque(maxlen=access_sample_max)
-        self.control_path = Path(control_path) if control_path else None
-        self.control_poll_s = control_poll_s
-        self._control_mtime = 0.0
-        self._control_checked = 0.0
-        self._t_start = time.monotonic()
+        self.sampler = sampler or AccessSampler()
+        self.control = None  # a ControlFile, when build_store attaches one
         self._gb_hours = {t.name: 0.0 for t in self.tiers}
-        self._t_last = self._t_start
+        self._t_last = time.monotonic()
         self.lookups = 0
         self.lookup_chunks = 0  # denominators: chunks asked for in lookups
         self.hit_chunks = 0  # leading chunks found
         self.invalid_chunks = 0
         self.load_s = 0.0
         self.save_s = 0.0
-        self.poll_control(force=True)
-        self._stop = threading.Event()
-        self._poller: Optional[threading.Thread] = None
-        if self.control_path is not None and control_poll_s > 0:
-            # Apply capacity changes within `control_poll_s` even when no request arrives.
-            self._poller = threading.Thread(target=self._poll_loop, name="greencache-store-control", daemon=True)
-            self._poller.start()
-
-    def _poll_loop(self) -> None:
-        while not self._stop.wait(self.control_poll_s):
-            try:
-                self.poll_control()
-            except Exception:  # never let the control loop die on a bad file or tier error
-                logger.exception("store control poll failed")
 
     def tier(self, name: str):
         for t in self.tiers:
@@ -91,54 +58,25 @@ class KVStore:
         self._accrue()
         self.tier(tier_name).set_capacity(int(capacity_bytes))
 
-    def poll_control(self, force: bool = False) -> None:
-        """Apply capacities from the control file if it changed (cheap; rate-limited)."""
-        if self.control_path is None:
-            return
-        now = time.monotonic()
-        if not force and now - self._control_checked < self.control_poll_s:
-            return
-        self._control_checked = now
-        try:
-            mtime = self.control_path.stat().st_mtime
-        except FileNotFoundError:
-            return
-        if mtime == self._control_mtime:
-            return
-        self._control_mtime = mtime
-        try:
-            control = json.loads(self.control_path.read_text())
-            for name, cap in control.get("capacity_bytes", {}).items():
-                try:
-                    self.set_capacity(name, int(cap))
-                except KeyError:
-                    pass
-        except (OSError, ValueError) as e:
-            logger.warning("ignoring unreadable store control file %s: %s", self.control_path, e)
+    def _poll_control(self) -> None:
+        if self.control is not None:
+            self.control.poll()
 
     # ---- data path --------------------------------------------------------------------
     def lookup_prefix(self, keys: Sequence[str]) -> int:
-        self.poll_control()
+        self._poll_control()
         self.lookups += 1
         self.lookup_chunks += len(keys)
-        from autoscaler.hitrate import sampled
-
-        for k in keys:
-            if sampled(k, self.access_sample_rate):
-                self.access_sample.append(k[-16:])
+        self.sampler.observe(keys)
         present = [False] * len(keys)
         remaining = list(range(len(keys)))
         for t in self.tiers:
             if not remaining:
                 break
             found = t.contains_many([keys[i] for i in remaining])
-            still = []
             for i, f in zip(remaining, found):
-                if f:
-                    present[i] = True
-                else:
-                    still.append(i)
-            remaining = still
+                present[i] = f
+            remaining = [i for i, f in zip(remaining, found) if not f]
         n = 0
         while n < len(keys) and present[n]:
             n += 1
@@ -169,7 +107,7 @@ class KVStore:
         return out
 
     def put_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
-        self.poll_control()
+        self._poll_control()
         t0 = time.perf_counter()
         for t in self.tiers:
             t.put_many(items)
@@ -182,8 +120,6 @@ class KVStore:
 
     def stats(self) -> dict:
         self._accrue()
-        tiers = {t.name: t.stats() for t in self.tiers}
-        embodied = {n: self._gb_hours[n] * EMBODIED_KG_PER_GB_HOUR.get(n, 0.0) for n in self._gb_hours}
         return {
             "lookups": self.lookups,
             "lookup_chunks": self.lookup_chunks,
@@ -192,33 +128,35 @@ class KVStore:
             "load_s": self.load_s,
             "save_s": self.save_s,
             "capacity_gb_hours": dict(self._gb_hours),
-            "embodied_kg": embodied,
-            "embodied_kg_total": sum(embodied.values()),
-            "tiers": tiers,
+            "tiers": {t.name: t.stats() for t in self.tiers},
         }
 
     def close(self) -> None:
-        self._stop.set()
+        if self.control is not None:
+            self.control.close()
         for t in self.tiers:
             t.close()
 
 
 def build_store(spec: dict) -> KVStore:
-    """Build a store from a plain dict (what travels in vLLM's kv_connector_extra_config).
+    """Build a store from a plain dict (what travels in vLLM's kv_connector_extra_config;
+    `cache_store.config.StoreConfig.spec` writes it).
 
     spec = {"tiers": [{"kind": "memory"|"disk"|"redis", "capacity_bytes": N,
                        "path": DIR (disk), "url": URL (redis), "eviction": "lru"|"cost-aware"}],
-            "control_path": FILE (optional), "chunk_tokens": 256}
+            "control_path": FILE (optional), "chunk_tokens": 256, "access_sample_rate": 0.25}
     """
+    from cache_store.control import ControlFile
     from cache_store.eviction import make_policy
     from cache_store.tiers import DiskTier, MemoryTier, RedisTier
 
+    chunk_tokens = spec.get("chunk_tokens", 256)
     tiers = []
     for t in spec.get("tiers", []):
         kind = t["kind"]
         cap = int(t["capacity_bytes"])
-        policy = make_policy(t.get("eviction", "lru"), chunk_tokens=spec.get("chunk_tokens", 256)) \
-            if t.get("eviction", "lru") != "lru" else make_policy("lru")
+        eviction = t.get("eviction", "lru")
+        policy = make_policy(eviction, chunk_tokens=chunk_tokens) if eviction != "lru" else make_policy("lru")
         if kind == "memory":
             tiers.append(MemoryTier(cap, policy))
         elif kind == "disk":
@@ -227,5 +165,9 @@ def build_store(spec: dict) -> KVStore:
             tiers.append(RedisTier(t["url"], cap, prefix=t.get("prefix", "gc:")))
         else:
             raise ValueError(f"unknown tier kind {kind!r}; use memory, disk or redis")
-    return KVStore(tiers, control_path=spec.get("control_path"),
-                   access_sample_rate=float(spec.get("access_sample_rate", 0.25)))
+    store = KVStore(tiers, AccessSampler(rate=float(spec.get("access_sample_rate", 0.25))))
+    if spec.get("control_path"):
+        store.control = ControlFile(spec["control_path"], store.set_capacity, poll_s=float(spec.get("control_poll_s", 1.0)))
+        store.control.poll(force=True)
+        store.control.watch()
+    return store

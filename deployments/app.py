@@ -7,11 +7,16 @@ from typing import Optional
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
-from greencache.config import ServeConfig, engine_env
+from cache_store.local import HomeLayout
+from deployments.config import ServeConfig, engine_env
+from deployments.demo_model import resolve_model
 
 INGRESS_NAME = "OpenAIIngress"
 LLM_NAME = "LLMReplica"
 APP_NAME = "greencache"
+# Serve's health check of an engine replica: a loaded CPU engine can take long to answer.
+HEALTH_CHECK_PERIOD_S = 10
+HEALTH_CHECK_TIMEOUT_S = 60
 
 
 def resolve_max_model_len(model_path: str, configured: Optional[int]) -> int:
@@ -28,16 +33,8 @@ def resolve_max_model_len(model_path: str, configured: Optional[int]) -> int:
     return 2048
 
 
-def build_app(config: ServeConfig, *, autoscaling_config: Optional[dict] = None):
-    """Return a bound Serve application for `config` (pass it to `serve.run`)."""
-    from deployments.ingress import OpenAIIngress
-    from deployments.replica import LLMReplica
-
-    engine = config.engine_config()
-    max_model_len = resolve_max_model_len(engine.model, engine.max_model_len)
-    engine = engine.model_copy(update={"max_model_len": max_model_len})
-
-    replica_options = dict(
+def _replica_options(config: ServeConfig, autoscaling_config: Optional[dict]) -> dict:
+    options = dict(
         name=LLM_NAME,
         max_ongoing_requests=config.max_ongoing_requests,
         ray_actor_options={
@@ -47,25 +44,33 @@ def build_app(config: ServeConfig, *, autoscaling_config: Optional[dict] = None)
         },
         request_router_config=RequestRouterConfig(
             request_router_class="deployments.routing:PrefixAffinityRouter",
-            request_router_kwargs={
-                "imbalance_threshold": config.routing.imbalance_threshold,
-                "table_size": config.routing.table_size,
-            },
+            request_router_kwargs={"imbalance_threshold": config.routing.imbalance_threshold,
+                                   "table_size": config.routing.table_size},
         ),
-        health_check_period_s=10,
-        health_check_timeout_s=60,
+        health_check_period_s=HEALTH_CHECK_PERIOD_S,
+        health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S,
         graceful_shutdown_timeout_s=5,
     )
     if autoscaling_config is None and config.autoscaler.enabled:
         autoscaling_config = plan_following_autoscaling(config)
     if autoscaling_config is not None:
-        replica_options["autoscaling_config"] = autoscaling_config
+        options["autoscaling_config"] = autoscaling_config
     else:
-        replica_options["num_replicas"] = config.num_replicas
-    llm = serve.deployment(LLMReplica).options(**replica_options).bind(engine.model_dump())
+        options["num_replicas"] = config.num_replicas
+    return options
 
-    ingress_cls = serve.ingress(_ingress_app())(OpenAIIngress)
-    ingress = serve.deployment(ingress_cls).options(
+
+def build_app(config: ServeConfig, *, autoscaling_config: Optional[dict] = None):
+    """Return a bound Serve application for `config` (pass it to `serve.run`)."""
+    from deployments.ingress import OpenAIIngress, app
+    from deployments.replica import LLMReplica
+
+    engine = config.engine_config(*resolve_model(config))
+    max_model_len = resolve_max_model_len(engine.model, engine.max_model_len)
+    engine = engine.model_copy(update={"max_model_len": max_model_len})
+    llm = serve.deployment(LLMReplica).options(**_replica_options(config, autoscaling_config)).bind(engine.model_dump())
+    ingress_cls = serve.ingress(app)(OpenAIIngress)
+    return serve.deployment(ingress_cls).options(
         name=INGRESS_NAME,
         num_replicas=1,
         max_ongoing_requests=4096,
@@ -78,22 +83,13 @@ def build_app(config: ServeConfig, *, autoscaling_config: Optional[dict] = None)
         list(config.api_keys),
         config.max_body_bytes,
         config.routing.model_dump(),
+        config.autoscaler.carbon.model_dump(),
     )
-    return ingress
-
-
-def plan_paths(config: ServeConfig) -> tuple[str, str]:
-    """(state dir, plan file) the autoscaler writes and the Serve policy reads."""
-    import os
-
-    state = config.autoscaler.state_dir or os.path.join(str(config.home), "autoscaler")
-    return state, config.autoscaler.plan_path or os.path.join(state, "plan.json")
 
 
 def plan_following_autoscaling(config: ServeConfig) -> dict:
     """Serve autoscaling config whose policy follows the carbon plan (see autoscaling_policy.py)."""
     a = config.autoscaler
-    _, plan_path = plan_paths(config)
     initial = max(a.min_replicas, min(a.max_replicas, config.num_replicas))
     return {
         "min_replicas": a.min_replicas,
@@ -103,13 +99,7 @@ def plan_following_autoscaling(config: ServeConfig) -> dict:
         "downscale_delay_s": 5,
         "policy": {
             "policy_function": "deployments.autoscaling_policy:PlanFollowingPolicy",
-            "policy_kwargs": {"plan_path": plan_path,
+            "policy_kwargs": {"plan_path": str(HomeLayout(config.home).plan),
                               "burst_ongoing_per_replica": float(config.max_ongoing_requests)},
         },
     }
-
-
-def _ingress_app():
-    from deployments.ingress import app
-
-    return app

@@ -15,35 +15,37 @@ import asyncio
 import json
 import logging
 import time
-import uuid
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.metrics import ServingMetrics
+from autoscaler.carbon import CarbonConfig
+from autoscaler.telemetry import INGRESS_KEY, get_or_create_hub
+from deployments.config import RoutingConfig
+from deployments.metrics import ServingMetrics, StoreMetricsCollector
 from deployments.protocol import (
     APIError,
     ChatCompletionRequest,
     CompletionRequest,
     parse_request,
 )
+from deployments.responses import SSE_DONE, ChatRenderer, CompletionRenderer, sse
 from deployments.routing import prefix_block_hashes
 
 logger = logging.getLogger("greencache.ingress")
 
 app = FastAPI(title="GreenCache OpenAI-compatible API")
-
-
-def _sse(payload: dict) -> bytes:
-    """One server-sent event."""
-    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+PUBLISH_EVERY_S = 2.0  # how often the ingress's request count goes to the telemetry hub
 
 
 def _error_response(err: APIError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status)
+
+
+def _server_error(e: BaseException) -> APIError:
+    return APIError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error", code="internal_error")
 
 
 @app.exception_handler(APIError)
@@ -59,6 +61,54 @@ async def _http_error_handler(request: Request, exc: StarletteHTTPException) -> 
     )
 
 
+class Generation:
+    """One request's output as it arrives: text, token counts, latency metrics and usage."""
+
+    def __init__(self, metrics: ServingMetrics, model: str, endpoint: str, arrival: float, first: dict) -> None:
+        self.m, self.model, self.endpoint, self.arrival = metrics, model, endpoint, arrival
+        self.replica_id = first.get("replica_id", "")
+        self.prompt_tokens = first.get("prompt_tokens", 0)
+        self.text: list[str] = []
+        self.tokens = 0
+        self.cached = 0
+        self.finish_reason = None
+        self._t_last = None
+
+    def account(self, chunk: dict) -> None:
+        now = time.monotonic()
+        k = chunk.get("num_tokens", 0)
+        if k:
+            if self._t_last is None:
+                self.m.ttft.labels(self.model).observe(now - self.arrival)
+            else:
+                per = (now - self._t_last) / k
+                for _ in range(k):
+                    self.m.itl.labels(self.model).observe(per)
+            self._t_last = now
+        self.tokens += k
+        self.text.append(chunk.get("text", ""))
+        if chunk.get("finish_reason"):
+            self.finish_reason = chunk["finish_reason"]
+        if "cached_tokens" in chunk:
+            self.cached = chunk["cached_tokens"]
+
+    def usage(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.tokens,
+            "total_tokens": self.prompt_tokens + self.tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached},
+        }
+
+    def finish(self, status: str) -> None:
+        m = self.m
+        m.e2e.labels(self.model).observe(time.monotonic() - self.arrival)
+        m.prompt_tokens.labels(self.model).inc(self.prompt_tokens)
+        m.generation_tokens.labels(self.model).inc(self.tokens)
+        m.cached_tokens.labels(self.model).inc(self.cached)
+        m.requests.labels(self.endpoint, status).inc()
+
+
 class OpenAIIngress:
     """Serve deployment class; wrapped by `serve.deployment` + `serve.ingress` in app.py."""
 
@@ -71,6 +121,7 @@ class OpenAIIngress:
         api_keys: list[str],
         max_body_bytes: int,
         routing: dict[str, Any],
+        carbon: dict[str, Any],
     ):
         from transformers import AutoTokenizer
 
@@ -86,33 +137,28 @@ class OpenAIIngress:
         self.max_model_len = max_model_len
         self.api_keys = set(api_keys)
         self.max_body_bytes = max_body_bytes
-        self.block_tokens = routing.get("block_tokens", 64)
-        self.max_blocks = routing.get("max_blocks", 64)
+        self.routing = RoutingConfig.model_validate(routing)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.vocab_size = len(self.tokenizer)
         self.created = int(time.time())
         self.metrics = ServingMetrics()
-        from deployments.stats_hub import StoreMetricsCollector
-
-        self.store_metrics = StoreMetricsCollector()
+        self.store_metrics = StoreMetricsCollector(CarbonConfig.model_validate(carbon))
         self.metrics.registry.register(self.store_metrics)
         self.requests_total = 0  # generation requests accepted (the autoscaler's load signal)
         self._publisher = asyncio.get_event_loop().create_task(self._publish_load())
 
-    async def _publish_load(self, every_s: float = 2.0) -> None:
-        """Push the accepted-request count to the StatsHub; the autoscaler derives the rate."""
-        from deployments.stats_hub import get_or_create_hub
-
+    async def _publish_load(self) -> None:
+        """Push the accepted-request count to the telemetry hub; the autoscaler derives the rate."""
         hub = None
         while True:
-            await asyncio.sleep(every_s)
+            await asyncio.sleep(PUBLISH_EVERY_S)
             try:
                 hub = hub or get_or_create_hub()
-                hub.report.remote("__ingress__", {"time": time.time(), "requests_total": self.requests_total})
+                hub.report.remote(INGRESS_KEY, {"time": time.time(), "requests_total": self.requests_total})
             except Exception:
                 hub = None
 
-    # ---- plumbing -------------------------------------------------------------------
+    # ---- request preamble ---------------------------------------------------------------
 
     def _authenticate(self, request: Request) -> None:
         if not self.api_keys:
@@ -199,26 +245,15 @@ class OpenAIIngress:
             "request_id": request_id,
             "prompt_token_ids": token_ids,
             "sampling": sampling,
-            "prefix_hashes": prefix_block_hashes(token_ids, self.block_tokens, self.max_blocks),
+            "prefix_hashes": prefix_block_hashes(token_ids, self.routing.block_tokens, self.routing.max_blocks),
         }
 
-    async def _run(
-        self,
-        engine_req: dict,
-        req,  # the validated CompletionRequest / ChatCompletionRequest
-        *,
-        endpoint: str,
-        render_chunk,  # (chunk dict, first: bool) -> list[dict] of SSE payloads
-        render_final,  # (text, finish_reason, usage) -> dict response body
-        arrival: float,
-    ) -> Response:
-        self.requests_total += 1
-        stream = req.stream
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        gen = self.llm_stream.generate.remote(engine_req)
-        it = gen.__aiter__()
+    # ---- generation ---------------------------------------------------------------------
+
+    async def _first_chunk(self, gen, it, endpoint: str) -> dict:
+        """The replica's first chunk; a failure before it is a 500 (nothing was sent yet)."""
         try:
-            first = await it.__anext__()
+            return await it.__anext__()
         except StopAsyncIteration:
             gen.cancel()
             raise APIError(500, "engine returned no output", type="server_error", code="internal_error")
@@ -228,118 +263,88 @@ class OpenAIIngress:
             gen.cancel()
             logger.exception("generation failed")
             self.metrics.requests.labels(endpoint, "500").inc()
-            raise APIError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error",
-                           code="internal_error") from None
-        replica_id = first.get("replica_id", "")
-        headers = {"x-greencache-replica": replica_id}
-        m = self.metrics
-        model = self.model_name
+            raise _server_error(e) from None
 
-        state = {"text": [], "tokens": 0, "finish": None, "cached": 0, "prompt": first.get("prompt_tokens", 0),
-                 "t_last": None, "stop_reason": None}
+    async def _run(self, engine_req: dict, req, *, endpoint: str, renderer, arrival: float) -> Response:
+        """Send `engine_req` to a replica and answer with the whole response or an SSE stream."""
+        self.requests_total += 1
+        gen = self.llm_stream.generate.remote(engine_req)
+        it = gen.__aiter__()
+        first = await self._first_chunk(gen, it, endpoint)
+        out = Generation(self.metrics, self.model_name, endpoint, arrival, first)
+        headers = {"x-greencache-replica": out.replica_id}
+        if not req.stream:
+            return await self._whole(it, first, out, renderer, headers)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return StreamingResponse(self._stream(gen, it, first, out, renderer, include_usage),
+                                 media_type="text/event-stream", headers=headers)
 
-        def account(chunk: dict) -> None:
-            now = time.monotonic()
-            k = chunk.get("num_tokens", 0)
-            if k:
-                if state["t_last"] is None:
-                    m.ttft.labels(model).observe(now - arrival)
-                else:
-                    per = (now - state["t_last"]) / k
-                    for _ in range(k):
-                        m.itl.labels(model).observe(per)
-                state["t_last"] = now
-            state["tokens"] += k
-            state["text"].append(chunk.get("text", ""))
-            if chunk.get("finish_reason"):
-                state["finish"] = chunk["finish_reason"]
-            if "cached_tokens" in chunk:
-                state["cached"] = chunk["cached_tokens"]
+    @staticmethod
+    async def _whole(it, first: dict, out: Generation, renderer, headers: dict) -> Response:
+        try:
+            out.account(first)
+            async for chunk in it:
+                out.account(chunk)
+        except Exception as e:
+            logger.exception("generation failed")
+            out.finish("500")
+            raise _server_error(e) from None
+        out.finish("200")
+        return JSONResponse(renderer.final("".join(out.text), out.finish_reason, out.usage()), headers=headers)
 
-        def usage() -> dict:
-            return {
-                "prompt_tokens": state["prompt"],
-                "completion_tokens": state["tokens"],
-                "total_tokens": state["prompt"] + state["tokens"],
-                "prompt_tokens_details": {"cached_tokens": state["cached"]},
-            }
+    @staticmethod
+    async def _pump(it, pending: asyncio.Queue) -> None:
+        """Move the replica's chunks into `pending`; end with None, or the exception that ended it."""
+        try:
+            async for chunk in it:
+                pending.put_nowait(chunk)
+            pending.put_nowait(None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # surfaced to the client by _stream
+            pending.put_nowait(e if isinstance(e, Exception) else RuntimeError(repr(e)))
 
-        def finish_metrics(status: str) -> None:
-            m.e2e.labels(model).observe(time.monotonic() - arrival)
-            m.prompt_tokens.labels(model).inc(state["prompt"])
-            m.generation_tokens.labels(model).inc(state["tokens"])
-            m.cached_tokens.labels(model).inc(state["cached"])
-            m.requests.labels(endpoint, status).inc()
-
-        if not stream:
-            try:
-                account(first)
-                async for chunk in it:
-                    account(chunk)
-            except Exception as e:
-                logger.exception("generation failed")
-                finish_metrics("500")
-                raise APIError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error",
-                               code="internal_error") from None
-            finish_metrics("200")
-            body = render_final("".join(state["text"]), state["finish"], usage())
-            return JSONResponse(body, headers=headers)
-
-        # Chunks that arrive while the previous write is in flight go out together: one write
-        # (to the socket, or to Serve's proxy without direct ingress) instead of one per
-        # chunk, and no timer, so nothing waits.
+    async def _stream(self, gen, it, first: dict, out: Generation, renderer,
+                      include_usage: bool) -> AsyncIterator[bytes]:
+        """SSE for one request. Chunks that arrive while the previous write is in flight go out
+        together: one write (to the socket, or to Serve's proxy without direct ingress) instead
+        of one per chunk, and no timer, so nothing waits."""
         pending: asyncio.Queue = asyncio.Queue()
-
-        async def pump() -> None:
-            try:
-                async for chunk in it:
-                    pending.put_nowait(chunk)
-                pending.put_nowait(None)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as e:  # surfaced to the client by sse()
-                pending.put_nowait(e if isinstance(e, Exception) else RuntimeError(repr(e)))
-
-        async def sse() -> AsyncIterator[bytes]:
-            status = "200"
-            pumper = asyncio.get_running_loop().create_task(pump())
-            try:
-                batch, is_first, done = [first], True, False
-                while not done:
-                    out = []
-                    for chunk in batch:
-                        if chunk is None:
-                            done = True
-                            break
-                        if isinstance(chunk, Exception):
-                            raise chunk
-                        account(chunk)
-                        out += [_sse(p) for p in render_chunk(chunk, is_first)]
-                        is_first = False
-                    if out:
-                        yield b"".join(out)
-                    if not done:
-                        batch = [await pending.get()]
-                        while not pending.empty():
-                            batch.append(pending.get_nowait())
-                if include_usage:
-                    yield _sse(render_chunk(None, False, usage())[0])
-            except asyncio.CancelledError:
-                status = "499"  # client went away
-                pumper.cancel()
-                gen.cancel()
-                raise
-            except Exception as e:
-                status = "500"
-                logger.exception("stream failed")
-                err = APIError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error",
-                               code="internal_error")
-                yield _sse(err.body())
-            finally:
-                finish_metrics(status)
-            yield b"data: [DONE]\n\n"
-
-        return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
+        status = "200"
+        pumper = asyncio.get_running_loop().create_task(self._pump(it, pending))
+        try:
+            batch, is_first, done = [first], True, False
+            while not done:
+                payloads = []
+                for chunk in batch:
+                    if chunk is None:
+                        done = True
+                        break
+                    if isinstance(chunk, Exception):
+                        raise chunk
+                    out.account(chunk)
+                    payloads += [sse(p) for p in renderer.chunks(chunk, is_first)]
+                    is_first = False
+                if payloads:
+                    yield b"".join(payloads)
+                if not done:
+                    batch = [await pending.get()]
+                    while not pending.empty():
+                        batch.append(pending.get_nowait())
+            if include_usage:
+                yield sse(renderer.usage_chunk(out.usage()))
+        except asyncio.CancelledError:
+            status = "499"  # client went away
+            pumper.cancel()
+            gen.cancel()
+            raise
+        except Exception as e:
+            status = "500"
+            logger.exception("stream failed")
+            yield sse(_server_error(e).body())
+        finally:
+            out.finish(status)
+        yield SSE_DONE
 
     # ---- endpoints --------------------------------------------------------------------
 
@@ -358,11 +363,9 @@ class OpenAIIngress:
     @app.get("/metrics")
     async def metrics(self) -> Response:
         try:
-            from deployments.stats_hub import get_or_create_hub
-
             self.store_metrics.snapshot = await asyncio.wait_for(get_or_create_hub().snapshot.remote(), timeout=2)
         except Exception:  # keep serving the serving metrics; store metrics stay at last value
-            logger.debug("stats hub unavailable", exc_info=True)
+            logger.debug("telemetry hub unavailable", exc_info=True)
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models")
@@ -385,108 +388,66 @@ class OpenAIIngress:
             "max_model_len": self.max_model_len,
         }
 
-    @app.post("/v1/completions")
-    async def completions(self, request: Request) -> Response:
-        arrival = time.monotonic()
-        endpoint = "/v1/completions"
+    def _completion_tokens(self, req: CompletionRequest) -> tuple[list[int], int]:
+        """(prompt token ids, max_tokens) of a completion request, length-checked."""
+        if isinstance(req.prompt, str):
+            token_ids = self.tokenizer.encode(req.prompt, add_special_tokens=False)
+        else:
+            bad = next((t for t in req.prompt if not 0 <= t < self.vocab_size), None)
+            if bad is not None:
+                raise APIError(400, f"token id {bad} is outside the vocabulary [0, {self.vocab_size})",
+                               param="prompt", code="invalid_value")
+            token_ids = list(req.prompt)
+        max_tokens = req.max_tokens if req.max_tokens is not None else 16
+        self._check_length(len(token_ids), max_tokens, "max_tokens", "prompt")
+        return token_ids, max_tokens
+
+    def _chat_tokens(self, req: ChatCompletionRequest) -> tuple[list[int], int]:
+        """(prompt token ids through the chat template, max_tokens) of a chat request, length-checked."""
+        messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()}
+                    for m in req.messages]
         try:
-            req: CompletionRequest = await self._accept(request, CompletionRequest)
-            if isinstance(req.prompt, str):
-                token_ids = self.tokenizer.encode(req.prompt, add_special_tokens=False)
-            else:
-                bad = next((t for t in req.prompt if not 0 <= t < self.vocab_size), None)
-                if bad is not None:
-                    raise APIError(400, f"token id {bad} is outside the vocabulary [0, {self.vocab_size})",
-                                   param="prompt", code="invalid_value")
-                token_ids = list(req.prompt)
-            max_tokens = req.max_tokens if req.max_tokens is not None else 16
-            self._check_length(len(token_ids), max_tokens, "max_tokens", "prompt")
+            token_ids = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        except Exception as e:
+            raise APIError(400, f"could not apply the chat template: {e}", param="messages",
+                           code="invalid_value") from None
+        if isinstance(token_ids, dict):  # some tokenizer versions return a BatchEncoding
+            token_ids = token_ids["input_ids"]
+        token_ids = list(token_ids)
+        requested = req.max_completion_tokens or req.max_tokens
+        param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+        if requested is None:
+            if len(token_ids) >= self.max_model_len:
+                self._check_length(len(token_ids), 1, param, "messages")
+            max_tokens = self.max_model_len - len(token_ids)
+        else:
+            max_tokens = requested
+        self._check_length(len(token_ids), max_tokens, param, "messages")
+        return token_ids, max_tokens
+
+    async def _generate(self, request: Request, endpoint: str, model_cls, tokens, renderer_cls) -> Response:
+        """The shared body of the generation endpoints: accept, tokenize, run."""
+        arrival = time.monotonic()
+        try:
+            req = await self._accept(request, model_cls)
+            token_ids, max_tokens = tokens(req)
         except APIError as e:
             self.metrics.requests.labels(endpoint, str(e.status)).inc()
             raise
-        rid = f"cmpl-{uuid.uuid4().hex}"
-        created = int(time.time())
-        model = self.model_name
-
-        def render_chunk(chunk, first, usage=None):
-            if chunk is None:
-                return [{"id": rid, "object": "text_completion", "created": created, "model": model,
-                         "choices": [], "usage": usage}]
-            if not chunk.get("text") and not chunk.get("finish_reason"):
-                return []
-            return [{"id": rid, "object": "text_completion", "created": created, "model": model,
-                     "choices": [{"index": 0, "text": chunk.get("text", ""), "logprobs": None,
-                                  "finish_reason": chunk.get("finish_reason")}]}]
-
-        def render_final(text, finish, usage):
-            return {"id": rid, "object": "text_completion", "created": created, "model": model,
-                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-                    "usage": usage}
-
+        renderer = renderer_cls(self.model_name)
         return await self._run(
-            self._engine_request(rid, token_ids, self._sampling(req, max_tokens)), req,
-            endpoint=endpoint, render_chunk=render_chunk, render_final=render_final, arrival=arrival,
+            self._engine_request(renderer.id, token_ids, self._sampling(req, max_tokens)), req,
+            endpoint=endpoint, renderer=renderer, arrival=arrival,
         )
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await self._generate(request, "/v1/completions", CompletionRequest, self._completion_tokens,
+                                    CompletionRenderer)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
-        arrival = time.monotonic()
-        endpoint = "/v1/chat/completions"
-        try:
-            req: ChatCompletionRequest = await self._accept(request, ChatCompletionRequest)
-            messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()}
-                        for m in req.messages]
-            try:
-                token_ids = self.tokenizer.apply_chat_template(
-                    messages, add_generation_prompt=True, tokenize=True, return_dict=False
-                )
-            except Exception as e:
-                raise APIError(400, f"could not apply the chat template: {e}", param="messages",
-                               code="invalid_value") from None
-            if isinstance(token_ids, dict):  # some tokenizer versions return a BatchEncoding
-                token_ids = token_ids["input_ids"]
-            token_ids = list(token_ids)
-            requested = req.max_completion_tokens or req.max_tokens
-            param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
-            if requested is None:
-                if len(token_ids) >= self.max_model_len:
-                    self._check_length(len(token_ids), 1, param, "messages")
-                max_tokens = self.max_model_len - len(token_ids)
-            else:
-                max_tokens = requested
-            self._check_length(len(token_ids), max_tokens, param, "messages")
-        except APIError as e:
-            self.metrics.requests.labels(endpoint, str(e.status)).inc()
-            raise
-        rid = f"chatcmpl-{uuid.uuid4().hex}"
-        created = int(time.time())
-        model = self.model_name
-
-        def base():
-            return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
-
-        def render_chunk(chunk, first, usage=None):
-            if chunk is None:
-                return [{**base(), "choices": [], "usage": usage}]
-            out = []
-            if first:
-                out.append({**base(), "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                   "logprobs": None, "finish_reason": None}]})
-            if chunk.get("text"):
-                out.append({**base(), "choices": [{"index": 0, "delta": {"content": chunk["text"]},
-                                                   "logprobs": None, "finish_reason": None}]})
-            if chunk.get("finish_reason"):
-                out.append({**base(), "choices": [{"index": 0, "delta": {}, "logprobs": None,
-                                                   "finish_reason": chunk["finish_reason"]}]})
-            return out
-
-        def render_final(text, finish, usage):
-            return {"id": rid, "object": "chat.completion", "created": created, "model": model,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "logprobs": None, "finish_reason": finish}],
-                    "usage": usage}
-
-        return await self._run(
-            self._engine_request(rid, token_ids, self._sampling(req, max_tokens)), req,
-            endpoint=endpoint, render_chunk=render_chunk, render_final=render_final, arrival=arrival,
-        )
+        return await self._generate(request, "/v1/chat/completions", ChatCompletionRequest, self._chat_tokens,
+                                    ChatRenderer)

@@ -25,7 +25,7 @@ logger = logging.getLogger("greencache.replica")
 
 
 def _restore_engine_priority() -> None:
-    """Run the engine at normal CPU priority (nice 0, or GREENCACHE_ENGINE_NICE).
+    """Run the engine at normal CPU priority (nice 0, or `GREENCACHE_ENGINE_NICE`).
 
     Ray starts worker processes at nice 15 so its daemons win the CPU. For the process that
     hosts a vLLM engine that is wrong: the engine's scheduler loop and (on CPU) its OpenMP
@@ -35,7 +35,9 @@ def _restore_engine_priority() -> None:
     `greencache serve` also starts Ray with `RAY_worker_niceness=0` (greencache/server.py), which
     covers the proxy and ingress too; this stays for clusters started without it.
     """
-    target = int(os.environ.get("GREENCACHE_ENGINE_NICE", "0"))
+    from deployments.settings import settings
+
+    target = settings().engine_nice
     try:
         current = os.getpriority(os.PRIO_PROCESS, 0)
         if current != target:
@@ -51,7 +53,7 @@ class LLMReplica:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from greencache.config import EngineConfig
+        from deployments.config import EngineConfig
 
         self.config = EngineConfig.model_validate(engine_config)
         self.stats_dir = None
@@ -74,15 +76,11 @@ class LLMReplica:
         logger.info("replica %s: engine ready in %.1fs", self.replica_id, time.monotonic() - t0)
         self._publisher = None
         if self.stats_dir:
-            import asyncio
-
             self._publisher = asyncio.get_event_loop().create_task(self._publish_store_stats())
 
     async def _publish_store_stats(self, every_s: float = 2.0) -> None:
-        """Push this replica's store stats to the StatsHub (for /metrics and the autoscaler)."""
-        import asyncio
-
-        from deployments.stats_hub import get_or_create_hub
+        """Push this replica's store stats to the telemetry hub (for /metrics and the autoscaler)."""
+        from autoscaler.telemetry import get_or_create_hub
 
         hub = None
         while True:
@@ -93,15 +91,6 @@ class LLMReplica:
             except Exception:  # a missing hub must never hurt serving
                 hub = None
                 logger.debug("store stats publish failed", exc_info=True)
-
-    async def model_info(self) -> dict[str, Any]:
-        """What the ingress needs to validate requests: context window and model name."""
-        mc = self.engine.model_config
-        return {
-            "served_model_name": self.config.served_model_name,
-            "max_model_len": mc.max_model_len,
-            "replica_id": self.replica_id,
-        }
 
     async def generate(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Stream generation for one request.
@@ -135,7 +124,6 @@ class LLMReplica:
                 first = False
             if out.finished:
                 chunk["cached_tokens"] = int(out.num_cached_tokens or 0)
-                chunk["stop_reason"] = comp.stop_reason
             yield chunk
             shown = shown or bool(comp.text)
             if interval_s and shown and not out.finished:

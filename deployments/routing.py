@@ -32,6 +32,8 @@ from ray.serve.request_router import (
     RunningReplica,
 )
 
+from deployments.config import RoutingConfig
+
 
 def prefix_block_hashes(token_ids: Sequence[int], block_tokens: int, max_blocks: int) -> list[str]:
     """Chain hashes of the full `block_tokens`-sized blocks of `token_ids` (at most `max_blocks`).
@@ -54,16 +56,12 @@ def prefix_block_hashes(token_ids: Sequence[int], block_tokens: int, max_blocks:
 class PrefixAffinityRouter(RequestRouter):
     """Route by longest remembered prefix, falling back to the least-loaded replica."""
 
-    def initialize_state(
-        self,
-        imbalance_threshold: int = 4,
-        table_size: int = 200_000,
-    ) -> None:
-        self._imbalance_threshold = imbalance_threshold
-        self._table_size = table_size
+    def initialize_state(self, **routing: Any) -> None:
+        """`routing`: fields of `RoutingConfig` (its defaults fill the rest)."""
+        cfg = RoutingConfig.model_validate(routing)
+        self._imbalance_threshold = cfg.imbalance_threshold
+        self._table_size = cfg.table_size
         self._owner: "OrderedDict[str, str]" = OrderedDict()  # block hash -> replica unique_id
-        self.affinity_hits = 0
-        self.affinity_misses = 0
 
     @staticmethod
     def _hashes(pending_request: Optional[PendingRequest]) -> list[str]:
@@ -106,10 +104,8 @@ class PrefixAffinityRouter(RequestRouter):
                 loads[owner_id] <= min_load + self._imbalance_threshold
                 and loads[owner_id] < owner.max_ongoing_requests
             ):
-                self.affinity_hits += 1
                 rest = [r for r in ranked if r.replica_id.unique_id != owner_id][:2]
                 return [[owner], rest] if rest else [[owner]]
-        self.affinity_misses += 1
         return [ranked[:2]]
 
     def on_request_routed(

@@ -1,8 +1,13 @@
 """The `greencache` command.
 
     greencache serve [--port P] [--replicas N] [--model DIR] [--engine-arg K=V ...]
-    greencache demo-model DIR
-    greencache bench serve [--json]
+    greencache status | plan | simulate | profile | demo-model DIR
+    greencache bench serve|store|kv-reuse|planner|replay [--json]
+
+Flag defaults and units come from the configuration models (deployments/config.py,
+cache_store/config.py, autoscaler/config.py, autoscaler/simulator.py), so a default is written
+once. `greencache serve` runs the embedded demo, which differs from the models' production
+defaults only where `SERVE_DEMO` says.
 """
 
 from __future__ import annotations
@@ -10,11 +15,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
 import time
+from typing import Any, Optional
+
+from pydantic import BaseModel
+
+# Where the local demo departs from the configuration models' defaults (which suit a real
+# deployment): the demo advances the carbon trace one hour per planning cycle, so a viewer sees
+# the plan follow a day's grid in minutes.
+SERVE_DEMO = {"autoscaler.trace_hours_per_interval": 1.0}
+BENCHMARKS = {
+    "serve": "benchmarks.bench_serve",
+    "store": "benchmarks.bench_store",
+    "kv-reuse": "benchmarks.bench_kv_reuse",
+    "planner": "benchmarks.bench_planner",
+    "replay": "benchmarks.replay",
+}
 
 
 def _kv(s: str) -> tuple[str, object]:
@@ -27,48 +46,62 @@ def _kv(s: str) -> tuple[str, object]:
         return k.replace("-", "_"), v
 
 
+def _flag(p: argparse.ArgumentParser, flag: str, model: type[BaseModel], field: str, *, scale: float = 1.0,
+          unit: str = "", default: Any = None, **kw: Any) -> None:
+    """Add `flag` whose default and help come from `model.field` (divided by `scale`, e.g. bytes → GB)."""
+    info = model.model_fields[field]
+    if default is None:
+        default = info.get_default(call_default_factory=True)
+        if scale != 1.0 and default is not None:
+            default = default / scale
+    shown = "" if default is None else f"default {default:g}{unit}" if isinstance(default, float) \
+        else f"default {default}{unit}"
+    if scale != 1.0:
+        shown += f"; this flag is in{unit}"
+    shown = f" ({shown})" if shown else ""
+    p.add_argument(flag, default=default, help=(info.description or "") + shown, **kw)
+
+
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8321, help="HTTP port (default 8321)")
-    p.add_argument("--replicas", type=int, default=1, help="LLM replicas (default 1)")
-    p.add_argument("--model", default=None, help="local HF model directory (default: demo model)")
-    p.add_argument("--served-model-name", default=None, help="name clients use as `model`")
-    p.add_argument("--max-model-len", type=int, default=None, help="context window (tokens)")
-    p.add_argument(
-        "--engine-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE",
-        help="extra vLLM engine argument (JSON value), repeatable, e.g. max_num_seqs=32",
-    )
-    p.add_argument("--stream-interval-ms", type=float, default=0.0,
-                   help="coalesce streamed tokens into one message per interval (ms); 0 = every engine step")
+    from autoscaler.config import AutoscalerConfig
+    from cache_store.config import GB, KVStoreConfig
+    from deployments.config import ServeConfig
+
+    _flag(p, "--host", ServeConfig, "host")
+    _flag(p, "--port", ServeConfig, "port", type=int)
+    _flag(p, "--replicas", ServeConfig, "num_replicas", type=int)
+    _flag(p, "--model", ServeConfig, "model")
+    _flag(p, "--served-model-name", ServeConfig, "served_model_name")
+    _flag(p, "--max-model-len", ServeConfig, "max_model_len", type=int)
+    p.add_argument("--engine-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="extra vLLM engine argument (JSON value), repeatable, e.g. max_num_seqs=32")
+    _flag(p, "--stream-interval-ms", ServeConfig, "stream_interval_ms", type=float)
     p.add_argument("--no-direct-ingress", action="store_true",
                    help="serve the port through Ray Serve's HTTP proxy instead of the ingress replica's own server")
-    p.add_argument("--kv-disk-path", default=None, help="disk (NVMe) tier directory (default ~/.greencache/kv-disk)")
-    p.add_argument("--kv-disk-gb", type=float, default=4.0, help="disk tier capacity in GB (0 = off)")
-    p.add_argument("--kv-memory-gb", type=float, default=0.0, help="per-engine DRAM tier in GB (0 = off)")
-    p.add_argument("--kv-redis-url", default=None, help="shared Redis tier URL, or 'local' to start our own redis-server (off by default)")
-    p.add_argument("--kv-redis-gb", type=float, default=1.0, help="Redis tier capacity in GB")
-    p.add_argument("--kv-chunk-tokens", type=int, default=256, help="tokens per stored KV chunk")
+    _flag(p, "--kv-disk-path", KVStoreConfig, "disk_path")
+    _flag(p, "--kv-disk-gb", KVStoreConfig, "disk_capacity_bytes", scale=GB, unit=" GB", type=float)
+    _flag(p, "--kv-memory-gb", KVStoreConfig, "memory_capacity_bytes", scale=GB, unit=" GB", type=float)
+    _flag(p, "--kv-redis-url", KVStoreConfig, "redis_url")
+    _flag(p, "--kv-redis-gb", KVStoreConfig, "redis_capacity_bytes", scale=GB, unit=" GB", type=float)
+    _flag(p, "--kv-chunk-tokens", KVStoreConfig, "chunk_tokens", type=int)
     p.add_argument("--no-kv-store", action="store_true", help="serve without the shared KV store")
     p.add_argument("--no-autoscaler", action="store_true", help="fixed replica count, no carbon autoscaler")
-    p.add_argument("--grid", default="FR", help="carbon-intensity grid the autoscaler follows (bundled trace)")
-    p.add_argument("--max-replicas", type=int, default=2, help="most replicas the autoscaler may run")
-    p.add_argument("--autoscaler-interval", type=float, default=30.0, help="seconds between planning cycles")
-    p.add_argument("--profile", default="", help="performance profile (greencache profile) for the planner")
-    p.add_argument("--trace-hours-per-interval", type=float, default=1.0,
-                   help="demo speed-up: trace hours per planning cycle (0 = real time)")
-    p.add_argument(
-        "--api-key", action="append", default=[],
-        help="accepted bearer token, repeatable; also GREENCACHE_API_KEYS (comma-separated)",
-    )
+    _flag(p, "--grid", AutoscalerConfig, "grid")
+    _flag(p, "--max-replicas", AutoscalerConfig, "max_replicas", type=int)
+    _flag(p, "--autoscaler-interval", AutoscalerConfig, "interval_s", unit=" s", type=float)
+    _flag(p, "--profile", AutoscalerConfig, "profile_path")
+    _flag(p, "--trace-hours-per-interval", AutoscalerConfig, "trace_hours_per_interval", type=float,
+          default=SERVE_DEMO["autoscaler.trace_hours_per_interval"])
+    p.add_argument("--api-key", action="append", default=[],
+                   help="accepted bearer token, repeatable; also GREENCACHE_API_KEYS (comma-separated)")
 
 
 def _serve_config(args: argparse.Namespace):
-    from autoscaler.actor import AutoscalerConfig
-    from greencache.config import KVStoreConfig, ServeConfig
+    from autoscaler.config import AutoscalerConfig
+    from cache_store.config import GB, KVStoreConfig
+    from deployments.config import ServeConfig
+    from deployments.settings import settings
 
-    keys = list(args.api_key)
-    env_keys = os.environ.get("GREENCACHE_API_KEYS", "")
-    keys += [k.strip() for k in env_keys.split(",") if k.strip()]
     return ServeConfig(
         host=args.host,
         port=args.port,
@@ -77,22 +110,21 @@ def _serve_config(args: argparse.Namespace):
         served_model_name=args.served_model_name,
         max_model_len=args.max_model_len,
         engine_kwargs=dict(args.engine_arg),
-        api_keys=keys,
+        api_keys=list(args.api_key) + settings().api_keys,
         stream_interval_ms=args.stream_interval_ms,
         direct_ingress=not args.no_direct_ingress,
         kv_store=KVStoreConfig(
             enabled=not args.no_kv_store,
             chunk_tokens=args.kv_chunk_tokens,
-            memory_capacity_bytes=int(args.kv_memory_gb * 1e9),
+            memory_capacity_bytes=int(args.kv_memory_gb * GB),
             disk_path=args.kv_disk_path,
-            disk_capacity_bytes=int(args.kv_disk_gb * 1e9),
+            disk_capacity_bytes=int(args.kv_disk_gb * GB),
             redis_url=args.kv_redis_url,
-            redis_capacity_bytes=int(args.kv_redis_gb * 1e9),
+            redis_capacity_bytes=int(args.kv_redis_gb * GB),
         ),
         autoscaler=AutoscalerConfig(
             enabled=not args.no_autoscaler,
             grid=args.grid,
-            min_replicas=1,
             max_replicas=max(args.max_replicas, args.replicas),
             interval_s=args.autoscaler_interval,
             trace_hours_per_interval=args.trace_hours_per_interval,
@@ -101,8 +133,17 @@ def _serve_config(args: argparse.Namespace):
     )
 
 
+def _print_endpoint(url: str, name: str) -> None:
+    print(f"GreenCache is serving '{name}' at {url}/v1 (OpenAI API)", flush=True)
+    print(f"  try: curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
+          f"-d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}'",
+          flush=True)
+    print(f"  metrics: {url}/metrics   health: {url}/health   stop: Ctrl-C", flush=True)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from greencache.server import start_serve, stop_all
+    from deployments.demo_model import resolve_model
+    from deployments.launch import start_serve, stop_all
 
     try:
         config = _serve_config(args)
@@ -123,12 +164,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # ours must win so Serve and the engines shut down in order.
         signal.signal(signal.SIGINT, _on_signal)
         signal.signal(signal.SIGTERM, _on_signal)
-        model, name = config.resolved_model()
-        print(f"GreenCache is serving '{name}' at {url}/v1 (OpenAI API)", flush=True)
-        print(f"  try: curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
-              f"-d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}'",
-              flush=True)
-        print(f"  metrics: {url}/metrics   health: {url}/health   stop: Ctrl-C", flush=True)
+        _print_endpoint(url, resolve_model(config)[1])
         while not stop.is_set():
             stop.wait(1.0)
     finally:
@@ -138,42 +174,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_model(args: argparse.Namespace) -> int:
-    from greencache.demo_model import build_demo_model
+    from deployments.demo_model import build_demo_model
 
-    path = build_demo_model(args.dir, num_layers=args.layers, hidden_size=args.hidden)
-    print(path)
+    print(build_demo_model(args.dir, num_layers=args.layers, hidden_size=args.hidden))
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.what == "serve":
-        from benchmarks.bench_serve import main as bench_main
-    elif args.what == "store":
-        from benchmarks.bench_store import main as bench_main
-    elif args.what == "kv-reuse":
-        from benchmarks.bench_kv_reuse import main as bench_main
-    elif args.what == "planner":
-        from benchmarks.bench_planner import main as bench_main
-    elif args.what == "replay":
-        from benchmarks.replay import main as bench_main
-    else:
-        print(f"unknown benchmark {args.what!r}", file=sys.stderr)
-        return 2
-    return bench_main(args.rest)
+    import importlib
+
+    return importlib.import_module(BENCHMARKS[args.what]).main(args.rest)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from benchmarks.profiler import main as profile_main
+
+    return profile_main(args.rest)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Read the running deployment's state from its files (no Ray connection needed)."""
-    from pathlib import Path
+    from autoscaler.state import AutoscalerState
+    from deployments.settings import settings
 
-    from greencache.config import DEFAULT_HOME
-
-    home = Path(args.home or DEFAULT_HOME)
-    last = home / "autoscaler" / "last.json"
-    if not last.exists():
+    home = args.home or settings().home
+    rec = AutoscalerState(home, create=False).load_last()
+    if rec is None:
         print(f"greencache status: no autoscaler state under {home} (is `greencache serve` running?)", file=sys.stderr)
         return 1
-    rec = json.loads(last.read_text())
     out = {
         "trace_time": rec["trace_time"], "grid": rec.get("grid"),
         "carbon_intensity_g_per_kwh": rec["inputs"]["carbon_intensity_g_per_kwh"],
@@ -190,6 +218,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"carbon so far: {c['operational']:.1f} g operational + {c['embodied']:.1f} g embodied "
               f"(cycle {out['cycle']}; {out['reason']})")
     return 0
+
+
+def _plan_slots(problem, out, start) -> list[dict]:
+    from datetime import timedelta
+
+    return [{"slot": t, "time": (start + timedelta(hours=t)).isoformat(),
+             "carbon_intensity_g_per_kwh": problem.intensity[t], "arrival_rps": problem.arrival_rps[t],
+             "replicas": out.replicas[t], "cache": problem.caches[out.cache[t]].name,
+             "cache_capacity_gb": problem.caches[out.cache[t]].capacity_gb,
+             "hit_ratio": problem.caches[out.cache[t]].hit_ratio} for t in range(problem.T)]
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -212,32 +250,42 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except PlanInfeasible as e:
         print(f"greencache plan: infeasible: {e}", file=sys.stderr)
         return 1
-    slots = [{"slot": t, "time": (start + __import__("datetime").timedelta(hours=t)).isoformat(),
-              "carbon_intensity_g_per_kwh": problem.intensity[t], "arrival_rps": problem.arrival_rps[t],
-              "replicas": out.replicas[t], "cache": problem.caches[out.cache[t]].name,
-              "cache_capacity_gb": problem.caches[out.cache[t]].capacity_gb,
-              "hit_ratio": problem.caches[out.cache[t]].hit_ratio} for t in range(problem.T)]
+    slots = _plan_slots(problem, out, start)
     result = {"grid": args.grid, "start": start.isoformat(), "hours": args.hours, "method": out.method,
               "optimal": out.optimal, "gap": out.gap, "objective_g": out.objective_g,
               "dp_objective_g": out.dp_objective_g, "solve_s": out.solve_s, "reason": out.reason,
               "breakdown": out.breakdown, "slots": slots}
     if args.json:
         print(json.dumps(result, indent=2))
-    else:
-        print(f"{'time':25s} {'CI g/kWh':>9s} {'req/s':>6s} {'replicas':>8s} {'cache':>8s}")
-        for s in slots:
-            print(f"{s['time']:25s} {s['carbon_intensity_g_per_kwh']:9.1f} {s['arrival_rps']:6.2f} "
-                  f"{s['replicas']:8d} {s['cache']:>8s}")
-        print(f"objective {out.objective_g:.1f} g (DP {out.dp_objective_g:.1f} g), {out.method}, {out.solve_s:.3f} s")
+        return 0
+    print(f"{'time':25s} {'CI g/kWh':>9s} {'req/s':>6s} {'replicas':>8s} {'cache':>8s}")
+    for s in slots:
+        print(f"{s['time']:25s} {s['carbon_intensity_g_per_kwh']:9.1f} {s['arrival_rps']:6.2f} "
+              f"{s['replicas']:8d} {s['cache']:>8s}")
+    print(f"objective {out.objective_g:.1f} g (DP {out.dp_objective_g:.1f} g), {out.method}, {out.solve_s:.3f} s")
     return 0
+
+
+class _PolicyProgress:
+    """A tqdm bar over policies that each report their own fraction done."""
+
+    def __init__(self, n: int, desc: str, quiet: bool) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=n, desc=desc, unit="policy", file=sys.stderr, disable=quiet)
+        self.done: dict[str, float] = {}
+
+    def __call__(self, name: str, frac: float) -> None:
+        self.bar.update(frac - self.done.get(name, 0.0))
+        self.done[name] = frac
+        self.bar.set_postfix_str(name)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Replay a request trace and a carbon trace through every policy (the live policy code)."""
-    import json as _json
-
-    from tqdm import tqdm
-
     from autoscaler.policies import POLICY_NAMES
     from autoscaler.sim_report import plots, table
     from autoscaler.simulator import SimConfig, simulate
@@ -255,19 +303,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except (ValueError, KeyError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    bar = tqdm(total=len(policies), desc=f"simulate {args.trace} {args.grid} {args.model}", unit="policy",
-               file=sys.stderr, disable=args.quiet)
-    state: dict = {}
-
-    def progress(name: str, frac: float) -> None:
-        prev = state.get(name, 0.0)
-        state[name] = frac
-        bar.update(frac - prev)
-        bar.set_postfix_str(name)
-
+    progress = _PolicyProgress(len(policies), f"simulate {args.trace} {args.grid} {args.model}", args.quiet)
     t0 = time.time()
     result = simulate(trace, cfg, policies, workers=args.workers, progress=progress)
-    bar.close()
+    progress.close()
     result["wall_s"] = time.time() - t0
     if args.plots:
         result["plots"] = plots(result, args.plots)
@@ -275,33 +314,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         out = dict(result)
         if not args.timelines:
             out.pop("timelines", None)
-        print(_json.dumps(out))
+        print(json.dumps(out))
     else:
         print(table(result))
         print(f"({result['wall_s']:.1f} s)")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("GREENCACHE_LOG_LEVEL", "WARNING"))
-    parser = argparse.ArgumentParser(prog="greencache", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="cmd", required=True)
-
-    p = sub.add_parser("serve", help="serve the OpenAI API on a local Ray cluster")
-    _add_serve_args(p)
-    p.set_defaults(func=cmd_serve)
-
-    p = sub.add_parser("demo-model", help="build the demo model (random weights, local tokenizer)")
-    p.add_argument("dir")
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--hidden", type=int, default=256)
-    p.set_defaults(func=cmd_demo_model)
-
-    p = sub.add_parser("profile", help="measure a performance profile on a running endpoint (JSON)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=lambda a: __import__("autoscaler.profiler", fromlist=["main"]).main(a.rest))
-
+def _add_status_plan(sub) -> None:
     p = sub.add_parser("status", help="carbon intensity, replicas, cache capacity and carbon so far")
     p.add_argument("--home", default=None, help="GreenCache home (default ~/.greencache or GREENCACHE_HOME)")
     p.add_argument("--json", action="store_true")
@@ -318,20 +338,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
 
+
+def _add_simulate(sub) -> None:
+    import os
+
+    from autoscaler.simulator import SimConfig
+
     p = sub.add_parser("simulate", help="replay a request trace and a carbon trace through the autoscaling policies")
     p.add_argument("--trace", default="mooncake-conversation",
                    help="mooncake-conversation, mooncake-synthetic, azure-conv, azure-code")
-    p.add_argument("--grid", default="FR", help="bundled grid: FR, DE, US-CAL-CISO, US-MIDA-PJM, US-TEX-ERCO, IN-WE")
-    p.add_argument("--model", default="llama3-8b", help="GPU profile: llama3-8b (1xH100), llama3-70b (4xH100)")
+    _flag(p, "--grid", SimConfig, "grid")
+    _flag(p, "--model", SimConfig, "model")
     p.add_argument("--days", type=float, default=7.0)
     p.add_argument("--rps", type=float, default=1.0, help="mean request rate after time-scaling")
     p.add_argument("--diurnal", type=float, default=0.0,
                    help="synthetic day/night rate cycle amplitude A in [0,1): peak/trough (1+A)/(1-A); 0 = flat")
-    p.add_argument("--start", default="2023-06-01T00:00", help="carbon-trace start (UTC, ISO)")
+    _flag(p, "--start", SimConfig, "start")
     p.add_argument("--policies", default="all", help="'all' or a comma list")
-    p.add_argument("--ssd-embodied-kg-per-gb", type=float, default=0.110)
-    p.add_argument("--gpu-idle-w", type=float, default=None,
-                   help="GPU idle power (W); default 75 for H100, measured 120 with a model loaded")
+    _flag(p, "--ssd-embodied-kg-per-gb", SimConfig, "ssd_embodied_kg_per_gb", type=float)
+    _flag(p, "--gpu-idle-w", SimConfig, "gpu_idle_w", type=float)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="policies run in parallel")
     p.add_argument("--plots", default=None, help="write PNG plots to this directory")
@@ -340,12 +365,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_simulate)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="greencache", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("serve", help="serve the OpenAI API on a local Ray cluster")
+    _add_serve_args(p)
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("demo-model", help="build the demo model (random weights, local tokenizer)")
+    p.add_argument("dir")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--hidden", type=int, default=256)
+    p.set_defaults(func=cmd_demo_model)
+    p = sub.add_parser("profile", help="measure a performance profile on a running endpoint (JSON)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_profile)
+    _add_status_plan(sub)
+    _add_simulate(sub)
     p = sub.add_parser("bench", help="run a benchmark (prints JSON and a table)")
-    p.add_argument("what", choices=["serve", "store", "kv-reuse", "planner", "replay"])
+    p.add_argument("what", choices=sorted(BENCHMARKS))
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from deployments.settings import settings
+
+    logging.basicConfig(level=settings().log_level)
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

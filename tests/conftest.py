@@ -8,35 +8,31 @@ to reach.
 from __future__ import annotations
 
 import os
-
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before anything imports Ray: loopback only
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from cache_store.local import free_port  # noqa: F401  (tests import it from here)
+from deployments.launch import use_loopback_ray
+
+use_loopback_ray()  # before any test module imports Ray: every test Ray stays on 127.0.0.1
 
 API_KEY = "test-key-123"
 MAX_MODEL_LEN = 1024
 MAX_BODY_BYTES = 64 * 1024
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def greencache_home(tmp_path_factory) -> Path:
-    home = Path(os.environ.get("GREENCACHE_TEST_HOME", tmp_path_factory.mktemp("gchome")))
+    home = tmp_path_factory.mktemp("gchome")
     os.environ["GREENCACHE_HOME"] = str(home)
     return home
 
 
 @pytest.fixture(scope="session")
 def demo_model(greencache_home) -> Path:
-    from greencache.demo_model import build_demo_model
+    from deployments.demo_model import build_demo_model
 
     return build_demo_model(greencache_home / "demo-model")
 
@@ -52,9 +48,9 @@ class Server:
 
 @pytest.fixture(scope="session")
 def greencache_server(demo_model, greencache_home):
-    from autoscaler.actor import AutoscalerConfig
-    from greencache.config import ServeConfig
-    from greencache.server import start_serve, stop_all
+    from autoscaler.config import AutoscalerConfig
+    from deployments.config import ServeConfig
+    from deployments.launch import start_serve, stop_all
 
     config = ServeConfig(
         autoscaler=AutoscalerConfig(enabled=False),  # fixed size: routing tests need 2 replicas

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timedelta
 
 import pytest
 import ray
@@ -42,9 +43,10 @@ def _disk_caps(hub) -> set:
 
 @pytest.fixture(scope="module")
 def live(demo_model, tmp_path_factory):
-    from autoscaler.actor import AutoscalerConfig, get_autoscaler
-    from greencache.config import ServeConfig
-    from greencache.server import start_serve, stop_all
+    from autoscaler.actor import get_autoscaler
+    from autoscaler.config import AutoscalerConfig
+    from deployments.config import ServeConfig
+    from deployments.launch import start_serve, stop_all
 
     home = tmp_path_factory.mktemp("autoscale-home")
     config = ServeConfig(
@@ -87,7 +89,7 @@ def test_load_scales_out_to_two_replicas_and_back(live):
 
 
 def test_carbon_intensity_resizes_the_store(live):
-    from deployments.stats_hub import get_or_create_hub
+    from autoscaler.telemetry import get_or_create_hub
 
     url, actor, home = live
     hub = get_or_create_hub()
@@ -105,12 +107,29 @@ def test_carbon_intensity_resizes_the_store(live):
 
 
 def test_actor_restarts_and_resumes(live):
-    from autoscaler.actor import get_autoscaler
-
+    """Ray restarts a killed actor; the new one continues from the last decision it recorded:
+    the next cycle number, the trace clock one step on, the carbon totals carried forward."""
     url, actor, home = live
-    before = ray.get(actor.status.remote())["cycles"]
+    _wait(lambda: ray.get(actor.status.remote())["cycles"] >= 1, 30, "a planning cycle")
     ray.kill(actor, no_restart=False)
-    _wait(lambda: _status_cycles() > before, 60, "the restarted autoscaler to plan again")
+    killed_at = time.time()
+    last = json.loads((home / "autoscaler" / "last.json").read_text())  # what the restarted actor reads
+
+    def first_record_after_restart():
+        for line in (home / "autoscaler" / "decisions.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("time", 0) > killed_at and "cycle" in rec:
+                return rec
+        return None
+
+    rec = _wait(first_record_after_restart, 60, "the restarted autoscaler to plan again")
+    assert rec["cycle"] == last["cycle"] + 1
+    step = datetime.fromisoformat(rec["trace_time"]) - datetime.fromisoformat(last["trace_time"])
+    assert step == timedelta(hours=1)  # trace_hours_per_interval=1: the clock went on, not back to the start
+    for kind in ("operational", "embodied"):
+        carried = last["carbon_so_far_g"][kind] + rec["predicted"][f"slot_{kind}_g"]
+        assert rec["carbon_so_far_g"][kind] == pytest.approx(carried, rel=1e-9)
+    assert _status_cycles() >= rec["cycle"]
 
 
 def _status_cycles() -> int:

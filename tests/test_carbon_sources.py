@@ -157,5 +157,23 @@ def test_carbon_config_defaults_and_units():
     c = CarbonConfig()
     assert c.replica_embodied_g_per_h() == pytest.approx((150 + 135) * 1000 / (4 * 8760))
     assert c.storage_embodied_g_per_h(1000, 0) == pytest.approx(110 * 1000 / (4 * 8760))
-    assert c.operational_g(1.0, 100) == pytest.approx(120)  # 1 kWh × PUE 1.2 × 100 g/kWh
     assert CarbonConfig(gpus_per_replica=4).replica_idle_w() == 4 * 75
+
+
+def test_footprint_prices_each_amount():
+    c = CarbonConfig()
+    busy = c.footprint(intensity_g_per_kwh=100, busy_wh=1000)
+    assert busy.operational_g == pytest.approx(120) and busy.embodied_g == 0  # 1 kWh × PUE 1.2 × 100 g/kWh
+    idle = c.footprint(intensity_g_per_kwh=100, replica_hours=2)
+    assert idle.energy_kwh == pytest.approx(2 * 75 / 1000)
+    assert idle.embodied_g == pytest.approx(2 * c.replica_embodied_g_per_h())
+    ssd = c.footprint(intensity_g_per_kwh=100, ssd_gb_hours=1000)
+    assert ssd.energy_kwh == pytest.approx(5 / 1000)  # 1 TB at 5 W/TB for an hour
+    assert ssd.embodied_g == pytest.approx(0.110 * 1000 * 1000 / (4 * 8760))
+    dram = c.footprint(intensity_g_per_kwh=0, dram_gb_hours=8)
+    assert dram.operational_g == 0 and dram.embodied_g == pytest.approx(0.29 * 8 * 1000 / (4 * 8760))
+    # linear and broadcasting, as the planner and the simulator use it
+    import numpy as np
+
+    arr = c.footprint(intensity_g_per_kwh=np.array([100.0, 200.0]), replica_hours=np.array([1.0, 1.0]))
+    assert arr.operational_g[1] == pytest.approx(2 * arr.operational_g[0])

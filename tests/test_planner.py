@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from autoscaler.carbon import CarbonConfig
 from autoscaler.instances import random_problem
 from autoscaler.planner import PlanInfeasible, plan, plan_cost, solve_dp, solve_milp
 
@@ -54,13 +55,11 @@ def test_switching_costs_damp_changes():
 def test_cleaner_grid_keeps_less_cache_when_storage_is_dear():
     # Same load; a very clean grid makes prefill nearly free, so paying embodied carbon for a
     # big cache does not pay off; a dirty grid makes the cache worth it.
-    base = random_problem(7, slots=6, n_cache=8, n_replica=6, alpha_g_per_replica=0, beta_g_per_gb=0)
-    for c in base.caches:
-        c.embodied_g_per_h *= 20
-    clean = solve_dp(random_problem(7, slots=6, n_cache=8, n_replica=6, alpha_g_per_replica=0, beta_g_per_gb=0,
-                                    caches=base.caches, intensity=[5.0] * 6))
-    dirty = solve_dp(random_problem(7, slots=6, n_cache=8, n_replica=6, alpha_g_per_replica=0, beta_g_per_gb=0,
-                                    caches=base.caches, intensity=[700.0] * 6))
+    dear = CarbonConfig(ssd_embodied_kg_per_gb=20 * CarbonConfig().ssd_embodied_kg_per_gb)
+    kw = dict(slots=6, n_cache=8, n_replica=6, alpha_g_per_replica=0, beta_g_per_gb=0, carbon=dear)
+    base = random_problem(7, **kw)
+    clean = solve_dp(random_problem(7, intensity=[5.0] * 6, **kw))
+    dirty = solve_dp(random_problem(7, intensity=[700.0] * 6, **kw))
     cap = lambda pl: sum(base.caches[c].capacity_gb for c in pl.cache)
     assert cap(clean) <= cap(dirty)
 

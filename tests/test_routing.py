@@ -25,19 +25,19 @@ def _system(i: int) -> str:
 
 
 def test_shared_prefix_sticks_to_one_replica(greencache_server):
-    owners = {}
-    for conv in range(4):
-        history = [{"role": "system", "content": _system(conv)}, {"role": "user", "content": "first turn"}]
-        first = _chat(greencache_server, history)
-        seen = {first}
-        for turn in range(5):
-            history = history + [
+    """Four conversations, their turns interleaved: each turn goes to the replica that served
+    its conversation's first turn, so the router remembers several prefixes at once."""
+    histories = {conv: [{"role": "system", "content": _system(conv)}, {"role": "user", "content": "first turn"}]
+                 for conv in range(4)}
+    owners = {conv: _chat(greencache_server, h) for conv, h in histories.items()}
+    for turn in range(4):
+        for conv in range(4):
+            histories[conv] = histories[conv] + [
                 {"role": "assistant", "content": f"answer {turn}"},
                 {"role": "user", "content": f"follow-up {turn}"},
             ]
-            seen.add(_chat(greencache_server, history))
-        assert seen == {first}, f"conversation {conv} was split across replicas {seen}"
-        owners[conv] = first
+            replica = _chat(greencache_server, histories[conv])
+            assert replica == owners[conv], f"conversation {conv}, turn {turn}: {replica} != {owners[conv]}"
 
 
 def test_distinct_prefixes_spread_over_replicas(greencache_server):

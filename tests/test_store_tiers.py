@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 import redis
 
 from cache_store.eviction import CostAwarePolicy, LRUPolicy
 from cache_store.redis_server import RedisServer
-from cache_store.store import KVStore
+from cache_store.control import ControlFile
+from cache_store.store import KVStore, build_store
 from cache_store.tiers import DiskTier, MemoryTier, RedisTier
 
 KB = 1024
@@ -137,20 +137,32 @@ def test_store_prefix_spans_tiers_and_promotes(tmp_path, redis_url):
     assert store.lookup_prefix(keys) == 0
     s = store.stats()
     assert s["invalid_chunks"] == 1 and s["lookup_chunks"] == 8 and s["hit_chunks"] == 3
-    assert s["embodied_kg_total"] > 0
+    assert s["capacity_gb_hours"]["memory"] > 0  # the capacity held so far (for the carbon ledger)
 
 
 def test_store_control_file_resizes(tmp_path):
     import json
-    import time
 
     mem = MemoryTier(1000 * KB)
+    store = KVStore([mem])
     ctl = tmp_path / "control.json"
-    store = KVStore([mem], control_path=str(ctl), control_poll_s=0)
+    store.control = ControlFile(ctl, store.set_capacity, poll_s=0)
     store.put_many(items(20))
     ctl.write_text(json.dumps({"capacity_bytes": {"memory": 50 * KB}}))
-    store.poll_control()
+    store.put_many(items(1, start=100))  # the data path polls the control file
     assert mem.capacity_bytes == 50 * KB and mem.used_bytes <= 50 * KB
+
+
+@pytest.mark.parametrize("body", ["null", "[1, 2]", "1e400", '{"capacity_bytes": {"memory": -5}}',
+                                  '{"capacity_bytes": {"memory": "big"}}', '{"capacity_bytes": 7}', "{not json"])
+def test_bad_control_file_is_ignored(tmp_path, body, caplog):
+    mem = MemoryTier(1000 * KB)
+    ctl = tmp_path / "control.json"
+    ctl.write_text(body)
+    control = ControlFile(ctl, lambda name, cap: setattr(mem, "capacity_bytes", cap), poll_s=0)
+    control.poll(force=True)  # must not raise
+    assert mem.capacity_bytes == 1000 * KB
+    assert "ignoring store control file" in caplog.text
 
 
 def test_lru_and_cost_aware_order():
@@ -182,9 +194,10 @@ def test_capacity_shrink_applies_without_traffic(tmp_path):
     import json
     import time
 
-    mem = MemoryTier(1000 * KB)
     ctl = tmp_path / "control.json"
-    store = KVStore([mem], control_path=str(ctl), control_poll_s=0.1)
+    store = build_store({"tiers": [{"kind": "memory", "capacity_bytes": 1000 * KB}], "control_path": str(ctl),
+                         "control_poll_s": 0.1})
+    mem = store.tier("memory")
     try:
         store.put_many(items(20))
         ctl.write_text(json.dumps({"capacity_bytes": {"memory": 40 * KB}}))

@@ -1,7 +1,8 @@
 """Node-local disk tier (standing for NVMe): one file per chunk under a directory.
 
-- Writes go to a temporary file and are renamed into place, so readers never see a partial
-  chunk from this process; a crash leaves at most a stray `*.tmp`, removed on start.
+- Writes go to a temporary file and are renamed into place (`local.atomic_write_bytes`), so
+  readers never see a partial chunk; a crash leaves at most a stray `*.tmp`, removed on start.
+- The directory is private to its owner (0700), files 0600: chunks are derived from prompts.
 - The index (key → size) is rebuilt by scanning the directory on start, oldest file first, so
   a restarted replica reuses what it saved before and LRU order survives restarts roughly.
 - `used_bytes` counts file sizes, so the capacity limit is bytes on disk.
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from cache_store.eviction import EvictionPolicy
+from cache_store.local import atomic_write_bytes, private_dir
 from cache_store.tiers.base import LocalTier
 
 logger = logging.getLogger("greencache.store.disk")
@@ -35,7 +37,7 @@ class DiskTier(LocalTier):
     def __init__(self, path: str | os.PathLike, capacity_bytes: int, policy: Optional[EvictionPolicy] = None) -> None:
         super().__init__(capacity_bytes, policy)
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path)
         entries = []
         for e in os.scandir(self.path):
             if e.name.endswith(".tmp"):
@@ -73,20 +75,12 @@ class DiskTier(LocalTier):
             return None
 
     def _write(self, key: str, value: bytes) -> bool:
-        final = self.path / _filename(key)
-        tmp = final.with_name(final.name + f".{os.getpid()}.tmp")
         try:
-            with open(tmp, "wb") as f:
-                f.write(value)
-            os.replace(tmp, final)
+            atomic_write_bytes(self.path / _filename(key), value)
             return True
         except OSError as e:
             self.s.errors += 1
             logger.warning("disk tier write failed for %s: %s", key, e)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             return False
 
     def _delete(self, key: str) -> None:
@@ -114,16 +108,3 @@ class DiskTier(LocalTier):
                     self._untrack(k)
                 out.append(exists)
         return out
-
-    def refresh(self) -> None:
-        """Pick up chunks written by other processes sharing this directory."""
-        with self._lock:
-            for e in os.scandir(self.path):
-                if e.name.endswith(".kv"):
-                    k = _key(e.name)
-                    if k not in self.index:
-                        try:
-                            self._track(k, e.stat().st_size)
-                        except OSError:
-                            pass
-            self._evict_until(self.capacity_bytes)

@@ -1,6 +1,8 @@
-"""Start and stop a local GreenCache deployment (Ray on loopback + Serve app).
+"""Start and stop a local GreenCache deployment (Ray on loopback + Serve app + autoscaler).
 
-Used by `greencache serve`, the tests and the benchmarks, so all three run the same code.
+Used by `greencache serve`, the tests and the benchmarks, so all three run the same code. It
+lives in the Serve app's package (not the CLI's) because benchmarks start deployments too, and
+they sit below the CLI.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ import os
 import time
 from typing import Optional
 
-from greencache.config import ServeConfig
+from cache_store.local import free_port, loopback_host
+from deployments.config import ServeConfig
+from deployments.settings import settings
 
-logger = logging.getLogger("greencache.server")
+logger = logging.getLogger("deployments.launch")
 
 # Ray Serve's throughput settings (RAY_SERVE_THROUGHPUT_OPTIMIZED's list; its direct-ingress
 # mode is set per deployment by `_ingress_env`). Token streaming makes many small messages per
@@ -35,6 +39,25 @@ SERVE_PERF_ENV = {
 }
 
 
+def use_loopback_ray() -> None:
+    """Make this process, and every Ray process it starts, keep Ray on 127.0.0.1.
+
+    Ray reads `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER` when it is imported: 0 makes it a one-machine
+    Ray that advertises and dials 127.0.0.1 instead of the machine's interface address. The
+    variable is inherited by the daemons and workers started afterwards; if this process
+    imported Ray already, its constant is corrected too. Only for Rays GreenCache starts here:
+    a real cluster needs Ray's default.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import sys
+
+    if "ray" in sys.modules:
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def start_local_ray(num_cpus: Optional[int] = None, env: Optional[dict[str, str]] = None) -> bool:
     """Start a single-node Ray bound to 127.0.0.1; False (and nothing done) if Ray is already up.
 
@@ -43,18 +66,12 @@ def start_local_ray(num_cpus: Optional[int] = None, env: Optional[dict[str, str]
     Ray's CPU count is bookkeeping: we declare at least 4 logical CPUs so an engine replica,
     the ingress and the autoscaler all get scheduled on a 2-core machine.
     """
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    use_loopback_ray()
     import ray
-    from ray._private import ray_constants
 
     if ray.is_initialized():
         return False
     os.environ.update(env or {})
-    # Ray reads the variable at import; if something imported Ray before us, make the driver
-    # agree too, or it would advertise (and connect to) the machine's interface address.
-    if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
-        ray_constants.ENABLE_RAY_CLUSTER = False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     for k, v in SERVE_PERF_ENV.items():
         os.environ.setdefault(k, v)
     logical = num_cpus or max(4, (os.cpu_count() or 1) * 2)
@@ -65,22 +82,9 @@ def start_local_ray(num_cpus: Optional[int] = None, env: Optional[dict[str, str]
         _node_ip_address="127.0.0.1",
         configure_logging=True,
         logging_level=logging.WARNING,
-        log_to_driver=os.environ.get("GREENCACHE_RAY_LOGS", "0") == "1",
+        log_to_driver=settings().ray_logs,
     )
     return True
-
-
-def _local_host(host: str) -> str:
-    """The address this machine reaches a server bound to `host` at (loopback for a wildcard)."""
-    return "127.0.0.1" if host in ("", "0.0.0.0") else host
-
-
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((_local_host(host), 0))
-        return s.getsockname()[1]
 
 
 def _ingress_env(config: ServeConfig) -> tuple[dict[str, str], int]:
@@ -104,7 +108,7 @@ def _ingress_env(config: ServeConfig) -> tuple[dict[str, str], int]:
         # a restarted ingress replica take the port straight back.
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
         "RAY_SERVE_PORT_QUARANTINE_S": "0",
-    }, _free_port(config.host)
+    }, free_port(config.host)
 
 
 def _wait_http(url: str, timeout_s: float = 60.0) -> None:
@@ -123,6 +127,9 @@ def _wait_http(url: str, timeout_s: float = 60.0) -> None:
 
 
 _owned_redis = None
+# Redis needs memory beyond the stored bytes (keys, LRU index, allocator overhead).
+REDIS_MAXMEMORY_OVERHEAD = 1.25
+REDIS_MAXMEMORY_BASE_BYTES = 64 << 20
 
 
 def _maybe_start_owned_redis(config: ServeConfig) -> ServeConfig:
@@ -135,7 +142,7 @@ def _maybe_start_owned_redis(config: ServeConfig) -> ServeConfig:
     from cache_store.redis_server import RedisServer
 
     cap = config.kv_store.redis_capacity_bytes
-    _owned_redis = RedisServer(maxmemory_bytes=int(cap * 1.25) + (64 << 20))
+    _owned_redis = RedisServer(maxmemory_bytes=int(cap * REDIS_MAXMEMORY_OVERHEAD) + REDIS_MAXMEMORY_BASE_BYTES)
     kv = config.kv_store.model_copy(update={"redis_url": _owned_redis.url})
     logger.info("started redis-server for the KV store at %s", _owned_redis.url)
     return config.model_copy(update={"kv_store": kv})
@@ -170,17 +177,31 @@ def start_serve(config: ServeConfig, *, autoscaling_config: Optional[dict] = Non
         )
     finally:
         serve_log.setLevel(level)
-    _wait_http(f"http://{_local_host(config.host)}:{config.port}")
+    _wait_http(f"http://{loopback_host(config.host)}:{config.port}")
     logger.info("GreenCache ready in %.1fs", time.monotonic() - t0)
     if config.autoscaler.enabled:
         from autoscaler.actor import start_autoscaler
-        from deployments.app import plan_paths
 
-        state, plan = plan_paths(config)
-        a = config.autoscaler.model_copy(update={"state_dir": state, "plan_path": plan,
-                                                  "store_control_path": str(config.home / "kv-control.json")})
-        start_autoscaler(a, str(config.home))
+        start_autoscaler(config.autoscaler, config.home)
     return f"http://{config.host}:{config.port}"
+
+
+def _terminate(processes) -> None:
+    """SIGTERM `processes`, then SIGKILL whichever is still alive after 5 s."""
+    import psutil
+
+    alive = [p for p in processes if p.is_running()]
+    for p in alive:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, still = psutil.wait_procs(alive, timeout=5)
+    for p in still:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
 
 
 def stop_all(timeout_s: float = 60.0) -> None:
@@ -209,9 +230,9 @@ def stop_all(timeout_s: float = 60.0) -> None:
 
     if ray.is_initialized():
         try:  # stop planning first, so nothing resizes the app while it shuts down
-            from autoscaler.actor import ACTOR_NAME, NAMESPACE
+            from autoscaler.actor import get_autoscaler
 
-            ray.kill(ray.get_actor(ACTOR_NAME, namespace=NAMESPACE), no_restart=True)
+            ray.kill(get_autoscaler(), no_restart=True)
         except Exception:
             pass
         t = threading.Thread(target=_serve_shutdown, daemon=True)
@@ -224,15 +245,4 @@ def stop_all(timeout_s: float = 60.0) -> None:
     if _owned_redis is not None:
         _owned_redis.stop()
         _owned_redis = None
-    alive = [p for p in descendants if p.is_running()]
-    for p in alive:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    _, still = psutil.wait_procs(alive, timeout=5)
-    for p in still:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
+    _terminate(descendants)

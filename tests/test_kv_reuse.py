@@ -9,16 +9,15 @@ comparison is sensitive (a well-formed chunk with the wrong KV does change the o
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from pathlib import Path
 
 import pytest
 
+from benchmarks.kv_engine import KVEngine
 from cache_store.format import Namespace, chunk_keys, decode_chunk, encode_chunk
 from cache_store.redis_server import RedisServer
-from cache_store.engine_harness import KVEngine
 
 CHUNK = 256
 # bf16 noise: a hit prefills only the suffix, so matmul shapes (and rounding) differ from the

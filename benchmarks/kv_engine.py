@@ -1,4 +1,4 @@
-"""A real vLLM engine with GreenCacheConnector in a subprocess, driven line by line.
+"""A real vLLM engine with GreenCacheConnector in a subprocess, driven line by line (a harness).
 
 Tests and `greencache bench kv-reuse` start one (`KVEngine(model, spec)`), call `generate` /
 `timed_generate` / `stats`, change the store underneath (corrupt files, kill Redis, shrink
@@ -19,15 +19,16 @@ MARK = "@@GC@@"
 
 class KVEngine:
     def __init__(self, model: str, spec: dict, *, max_model_len: int = 4096, namespace_model: str | None = None):
-        env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1",
-                   VLLM_NO_USAGE_STATS="1", TOKENIZERS_PARALLELISM="false")
-        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(0, (os.cpu_count() or 1) - 1)}")
-        env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        from deployments.config import engine_env
+
+        # The engine runs in this subprocess itself (no EngineCore child), so the connector
+        # instances can be inspected in `_serve`.
+        env = dict(os.environ, **engine_env(), VLLM_ENABLE_V1_MULTIPROCESSING="0")
         args = {"model": model, "spec": spec, "max_model_len": max_model_len, "namespace_model": namespace_model}
-        self.proc = subprocess.Popen([sys.executable, __file__, json.dumps(args)], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.kv_engine", json.dumps(args)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
                                      cwd=str(Path(__file__).resolve().parents[1]))
-        # ^ the repository root, so `cache_store` and `greencache` import in the child
+        # ^ the repository root, so GreenCache's packages import in the child
         self._call({"op": "ping"})
 
     def _call(self, msg: dict) -> dict:
@@ -71,10 +72,9 @@ def _serve(args: dict) -> None:
     import time
     import traceback
 
-    sys.path.insert(0, os.getcwd())
     from vllm import LLM, SamplingParams
 
-    from greencache.config import kv_transfer_config
+    from cache_store.config import kv_transfer_config
 
     spec = dict(args["spec"])
     if args.get("namespace_model"):

@@ -52,45 +52,11 @@ def _corpus(seed: int, n_lines: int = 4000) -> list[str]:
     return lines
 
 
-def build_demo_model(
-    out_dir: str | Path,
-    *,
-    hidden_size: int = 256,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    intermediate_size: int = 768,
-    vocab_size: int = 4096,
-    max_position_embeddings: int = 8192,
-    dtype: str = "bfloat16",
-    seed: int = 0,
-) -> Path:
-    """Write a loadable Llama model directory to `out_dir` and return its path.
-
-    Idempotent: if `out_dir` already holds a model built with the same arguments, it is kept.
-    """
-    import torch
+def _train_tokenizer(vocab_size: int, max_position_embeddings: int, seed: int):
+    """A byte-level BPE tokenizer (any UTF-8 text encodes) trained on the generated corpus."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
-    out = Path(out_dir)
-    spec = dict(
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        intermediate_size=intermediate_size,
-        vocab_size=vocab_size,
-        max_position_embeddings=max_position_embeddings,
-        dtype=dtype,
-        seed=seed,
-    )
-    marker = out / "greencache_demo.json"
-    if marker.exists() and json.loads(marker.read_text()) == spec:
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-
-    # Tokenizer: byte-level BPE, so any UTF-8 text encodes without unknown tokens.
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -110,37 +76,85 @@ def build_demo_model(
         model_max_length=max_position_embeddings,
     )
     hf_tok.chat_template = CHAT_TEMPLATE
-    hf_tok.save_pretrained(out)
+    return hf_tok
 
-    real_vocab = len(hf_tok)
+
+def _write_model(out: Path, hf_tok, spec: dict) -> None:
+    """Random seeded Llama weights for `hf_tok`'s vocabulary, and a generation config that
+    leaves sampling to the requests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
-        vocab_size=real_vocab,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        max_position_embeddings=max_position_embeddings,
+        vocab_size=len(hf_tok),
+        hidden_size=spec["hidden_size"],
+        intermediate_size=spec["intermediate_size"],
+        num_hidden_layers=spec["num_layers"],
+        num_attention_heads=spec["num_heads"],
+        num_key_value_heads=spec["num_kv_heads"],
+        max_position_embeddings=spec["max_position_embeddings"],
         bos_token_id=hf_tok.convert_tokens_to_ids("<|im_start|>"),
         eos_token_id=hf_tok.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=hf_tok.convert_tokens_to_ids("<|endoftext|>"),
         tie_word_embeddings=False,
         rope_theta=10000.0,
-        torch_dtype=dtype,
+        torch_dtype=spec["dtype"],
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(getattr(torch, dtype))
+    torch.manual_seed(spec["seed"])
+    model = LlamaForCausalLM(config).to(getattr(torch, spec["dtype"]))
     model.save_pretrained(out, safe_serialization=True)
     # generation_config.json written by save_pretrained may carry defaults vLLM applies
     # (e.g. do_sample); keep only the token ids so requests control sampling.
-    (out / "generation_config.json").write_text(
-        json.dumps(
-            {
-                "bos_token_id": config.bos_token_id,
-                "eos_token_id": config.eos_token_id,
-                "pad_token_id": config.pad_token_id,
-            }
-        )
-    )
-    marker.write_text(json.dumps(spec))
+    (out / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+         "pad_token_id": config.pad_token_id}))
+
+
+def build_demo_model(
+    out_dir: str | Path,
+    *,
+    hidden_size: int = 256,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 768,
+    vocab_size: int = 4096,
+    max_position_embeddings: int = 8192,
+    dtype: str = "bfloat16",
+    seed: int = 0,
+) -> Path:
+    """Write a loadable Llama model directory to `out_dir` and return its path.
+
+    Idempotent: if `out_dir` already holds a model built with the same arguments, it is kept.
+    """
+    out = Path(out_dir)
+    spec = dict(hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads,
+                intermediate_size=intermediate_size, vocab_size=vocab_size,
+                max_position_embeddings=max_position_embeddings, dtype=dtype, seed=seed)
+    marker = out / "greencache_demo.json"
+    if marker.exists() and json.loads(marker.read_text()) == spec:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    hf_tok = _train_tokenizer(vocab_size, max_position_embeddings, seed)
+    hf_tok.save_pretrained(out)
+    _write_model(out, hf_tok, spec)
+    marker.write_text(json.dumps(spec))  # last: a half-built directory is rebuilt
     return out
+
+
+def resolve_model(config) -> tuple[str, str]:
+    """(model directory, served name) of a `ServeConfig`: its `model`, or the demo model, built
+    under the home directory on first use."""
+    from cache_store.local import HomeLayout
+    from deployments.config import DEMO_MODEL_NAME
+
+    if config.model is None:
+        path = build_demo_model(HomeLayout(Path(config.home)).demo_model)
+        return str(path), config.served_model_name or DEMO_MODEL_NAME
+    path = Path(config.model).expanduser()
+    if not (path / "config.json").exists():
+        raise ValueError(
+            f"model directory {path} has no config.json; pass a local Hugging Face model "
+            "directory, or omit --model to use the demo model"
+        )
+    return str(path), config.served_model_name or path.name

@@ -1,0 +1,33 @@
+"""Configuration of the carbon autoscaler (the live actor; the simulator builds the same model).
+
+Importing this module imports no Ray and no other part of GreenCache.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from autoscaler.carbon import CarbonConfig
+from autoscaler.perf_model import SLO
+
+DEFAULT_CAPACITIES_GB = (0.0, 50, 100, 200, 400, 800, 1600)
+
+
+class AutoscalerConfig(BaseModel):
+    enabled: bool = Field(True, description="Run the carbon autoscaler beside the Serve app.")
+    grid: str = Field("FR", description="Bundled Electricity Maps grid for carbon intensity.")
+    trace_start: str = Field("2023-06-01T00:00", description="Trace time the autoscaler starts at (UTC, ISO).")
+    interval_s: float = Field(30.0, gt=0, description="Seconds between planning cycles.")
+    trace_hours_per_interval: float = Field(
+        0.0, ge=0, description="Demo speed-up: trace hours the clock advances per interval; 0 = real time.")
+    horizon_slots: int = Field(12, ge=1, description="Planning horizon (hourly slots).")
+    min_replicas: int = Field(1, ge=1, description="Fewest LLM replicas.")
+    max_replicas: int = Field(2, ge=1, description="Most LLM replicas.")
+    capacities_gb: list[float] = Field(default_factory=lambda: list(DEFAULT_CAPACITIES_GB),
+                                       description="Disk-tier capacity options the planner chooses from (GB).")
+    solver_time_limit_s: float = Field(2.0, gt=0, description="MILP time limit per cycle (s).")
+    profile_path: str = Field("", description="Performance profile from `greencache profile`; empty = stated defaults.")
+    slo: SLO = Field(default_factory=SLO, description="TTFT/TPOT targets and the utilisation ceiling the plan keeps.")
+    prompt_tokens: float = Field(2048, gt=0, description="Mean prompt length the plan assumes (tokens), with a profile.")
+    output_tokens: float = Field(256, gt=0, description="Mean output length the plan assumes (tokens), with a profile.")
+    carbon: CarbonConfig = Field(default_factory=CarbonConfig, description="Power and embodied-carbon factors.")

@@ -1,0 +1,47 @@
+"""Telemetry: a small named Ray actor where the serving side publishes what the autoscaler observes.
+
+Publishers (fire-and-forget, every few seconds):
+- each LLM replica: its engine processes' KV-store stats (the store lives inside vLLM's engine
+  processes, which nothing outside the replica can call);
+- the ingress (`INGRESS_KEY`): how many generation requests it has accepted;
+- the autoscaler (`AUTOSCALER_KEY`): a summary of its last decision, for `/metrics`.
+Readers: the autoscaler (its observation) and the ingress (`/metrics`), with timeouts.
+Entries older than `stale_after_s` (a replica that went away) are dropped. Nothing here may
+block serving: a missing hub costs a metric, never a request.
+"""
+
+from __future__ import annotations
+
+import time
+
+import ray
+
+HUB_NAME = "greencache-stats-hub"
+NAMESPACE = "greencache"
+INGRESS_KEY = "__ingress__"
+AUTOSCALER_KEY = "__autoscaler__"
+
+
+def is_replica_key(key: str) -> bool:
+    """Replicas publish under their replica id; the other publishers under `__name__` keys."""
+    return not key.startswith("__")
+
+
+@ray.remote(num_cpus=0)
+class StatsHub:
+    def __init__(self, stale_after_s: float = 10.0) -> None:
+        self._stats: dict[str, tuple[float, dict]] = {}
+        self.stale_after_s = stale_after_s
+
+    def report(self, key: str, stats: dict) -> None:
+        self._stats[key] = (time.time(), stats)
+
+    def snapshot(self) -> dict[str, dict]:
+        now = time.time()
+        self._stats = {k: v for k, v in self._stats.items() if now - v[0] < self.stale_after_s}
+        return {k: v[1] for k, v in self._stats.items()}
+
+
+def get_or_create_hub():
+    return StatsHub.options(name=HUB_NAME, namespace=NAMESPACE, get_if_exists=True,
+                            lifetime="detached").remote()

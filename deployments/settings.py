@@ -1,0 +1,47 @@
+"""GreenCache's environment variables: one settings model, one prefix (`GREENCACHE_`).
+
+These are settings of a *node* (where the home directory is, how nice the engine runs) or
+secrets that must not sit in a config file (API keys). They are read where they apply: the CLI
+on the machine that runs it, a replica on the node it runs on. Everything else is
+configuration (deployments/config.py, cache_store/config.py, autoscaler/config.py).
+
+| variable | meaning |
+|---|---|
+| `GREENCACHE_HOME` | the node's GreenCache directory (demo model, KV disk tier, state); default `~/.greencache` |
+| `GREENCACHE_API_KEYS` | comma-separated bearer tokens the API accepts (adds to `--api-key`) |
+| `GREENCACHE_LOG_LEVEL` | the CLI's log level (default WARNING) |
+| `GREENCACHE_RAY_LOGS` | 1: show Ray workers' logs on the CLI's console (default 0) |
+| `GREENCACHE_ENGINE_NICE` | CPU priority of engine processes (default 0: normal) |
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GREENCACHE_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".greencache",
+                       description="This node's GreenCache directory (demo model, KV disk tier, state).")
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list,
+                                                     description="Bearer tokens the API accepts (comma-separated).")
+    log_level: str = Field("WARNING", description="Log level of the `greencache` command.")
+    ray_logs: bool = Field(False, description="Show Ray workers' logs on the console of `greencache serve`.")
+    engine_nice: int = Field(0, ge=-20, le=19, description="CPU niceness of engine processes (0 = normal priority).")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, v):
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+
+def settings() -> Settings:
+    """The settings from this process's environment now (not cached: tests change it)."""
+    return Settings()
