@@ -1,19 +1,23 @@
-"""The carbon autoscaler: a detached, named Ray actor that re-plans every interval.
+"""The carbon autoscaler: the control loop that re-plans every interval (run as a Serve
+deployment on the head node, `deployments/app.py`; the simulator drives the same policy).
 
 Loop (every `interval_s`): observe → forecast → plan → actuate → record.
-- observe: request rate from the ingress and KV-store stats from the replicas (telemetry.py),
-  the grid intensity at the current trace time.
+- observe: from the telemetry hub (telemetry.py), the request rate, token mix (mean prompt and
+  output tokens, the prefill-equivalent prompt length) and mean TTFT/TPOT the ingress replicas
+  saw over the last interval, the sampled chunk accesses of the replicas' stores; the grid
+  intensity at the current trace time.
 - forecast: carbon intensity over the horizon from the source; load = the observed rate (or an
   override), flat over the horizon.
 - plan: the policy (`autoscaler.policies.PlannerPolicy`, the joint MILP with a DP fallback) takes
   an `Observation` and returns a `Decision`; the simulator drives the same class. If even
   `max_replicas` cannot meet the SLO the plan runs the maximum and says so.
-- actuate: slot 1's replica target goes to the plan file that the Serve policy
-  (`deployments/autoscaling_policy.py`) follows; slot 1's cache capacity goes to the store's
-  control file, which every engine applies within a second (state.py).
+- actuate: slot 1's replica target and disk capacity are published in Ray's internal KV
+  (control_plane.py): the Serve policy follows the target, every replica applies the capacity
+  to its node's disk tier within a second.
 - record: the slot's predicted carbon is charged to the ledger (`CarbonConfig.footprint`); one
   JSON line per decision goes to the decision log, the last decision to `last.json` (a
-  restarted actor resumes from it), and a summary to the telemetry hub for `/metrics`.
+  restarted autoscaler of the same deployment resumes from it; a new deployment starts fresh),
+  and a summary to the telemetry hub for `/metrics`.
 
 Fail-safe: any error in a cycle is logged and recorded; the last actuated plan stays in force.
 Demo speed-up: each interval advances the trace clock by `trace_hours_per_interval` hours.
@@ -32,6 +36,7 @@ from typing import Any, Optional
 
 import ray
 
+from autoscaler import control_plane
 from autoscaler.carbon import CarbonLedger, Footprint
 from autoscaler.config import AutoscalerConfig
 from autoscaler.policies import Decision, Observation
@@ -40,22 +45,47 @@ from autoscaler.telemetry import AUTOSCALER_KEY, INGRESS_KEY, get_or_create_hub,
 
 logger = logging.getLogger("greencache.autoscaler")
 
-ACTOR_NAME = "greencache-autoscaler"
-NAMESPACE = "greencache"
+
+_INGRESS_SUMS = ("requests_total", "finished", "prompt_tokens", "prompt_tokens_sq", "output_tokens", "ttft_s",
+                 "tpot_s", "tpot_count")
 
 
-def observe_telemetry(snapshot: dict, last_requests: Optional[tuple[float, float]]) -> tuple[dict, Optional[tuple]]:
-    """What the hub's snapshot says: request rate (from the ingress's counter and the previous
-    reading `last_requests`), per-replica store capacities, and the sampled chunk accesses.
-    Returns (observed values, the reading to pass next time)."""
+def _ingress_totals(snapshot: dict) -> Optional[dict]:
+    """The ingress replicas' cumulative counters, summed, with the newest report time."""
+    reports = [v for k, v in snapshot.items() if k.startswith(INGRESS_KEY)]
+    if not reports:
+        return None
+    totals = {k: sum(float(r.get(k, 0) or 0) for r in reports) for k in _INGRESS_SUMS}
+    totals["time"] = max(float(r["time"]) for r in reports)
+    return totals
+
+
+def _interval_means(now: dict, before: dict, perf) -> dict:
+    """Request rate, token mix and latencies over the interval between two readings."""
+    d = {k: now[k] - before.get(k, 0.0) for k in _INGRESS_SUMS}
+    out: dict[str, Any] = {"request_rate_rps": max(0.0, d["requests_total"] / (now["time"] - before["time"]))}
+    if d["finished"] > 0:
+        mean_p, mean_p2 = d["prompt_tokens"] / d["finished"], d["prompt_tokens_sq"] / d["finished"]
+        out.update(mean_prompt_tokens=mean_p, mean_output_tokens=d["output_tokens"] / d["finished"],
+                   mean_ttft_s=d["ttft_s"] / d["finished"])
+        if perf is not None:
+            out["effective_prompt_tokens"] = perf.effective_prompt_from_moments(mean_p, mean_p2)
+    if d["tpot_count"] > 0:
+        out["mean_tpot_s"] = d["tpot_s"] / d["tpot_count"]
+    return out
+
+
+def observe_telemetry(snapshot: dict, last_reading: Optional[dict], perf=None) -> tuple[dict, Optional[dict]]:
+    """What the hub's snapshot says about the last interval (compared with `last_reading`, the
+    ingress counters at the previous call), the per-replica store capacities, and the sampled
+    chunk accesses. Returns (observed values, the reading to pass next time)."""
     obs: dict[str, Any] = {"request_rate_rps": None, "store": {}, "access_sample": [], "sample_rate": None,
                            "chunk_bytes": None}
-    ingress = snapshot.get(INGRESS_KEY)
-    if ingress:
-        now, total = ingress["time"], ingress["requests_total"]
-        if last_requests is not None and now > last_requests[0]:
-            obs["request_rate_rps"] = max(0.0, (total - last_requests[1]) / (now - last_requests[0]))
-        last_requests = (now, total)
+    totals = _ingress_totals(snapshot)
+    if totals is not None:
+        if last_reading is not None and totals["time"] > last_reading["time"]:
+            obs.update(_interval_means(totals, last_reading, perf))
+        last_reading = totals
     for rid, rep in snapshot.items():
         if not is_replica_key(rid):
             continue
@@ -68,16 +98,19 @@ def observe_telemetry(snapshot: dict, last_requests: Optional[tuple[float, float
             elif role == "worker":
                 obs["store"][rid] = {n: {"capacity_bytes": t.get("capacity_bytes"), "used_bytes": t.get("used_bytes")}
                                      for n, t in p.get("store", {}).get("tiers", {}).items()}
-    return obs, last_requests
+    return obs, last_reading
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class CarbonAutoscaler:
-    def __init__(self, config: dict, home: str) -> None:
+    """The loop and its state. `deployment_id` identifies one deployment of `app`: state in the
+    home directory is resumed only by the same deployment (a replacement after a crash)."""
+
+    def __init__(self, config: dict, home: str | Path, app: str = "greencache", deployment_id: str = "") -> None:
         from autoscaler.carbon_sources import TraceSource
         from autoscaler.policies import PlannerPolicy
 
         self.cfg = AutoscalerConfig.model_validate(config)
+        self.app, self.deployment_id = app, deployment_id
         self.state = AutoscalerState(home)
         self.source = TraceSource.grid(self.cfg.grid)
         self.perf = None
@@ -91,7 +124,9 @@ class CarbonAutoscaler:
         self.ledger = CarbonLedger()
         self.cycles = 0
         self.last: Optional[dict] = self.state.load_last()
-        self._last_requests: Optional[tuple[float, float]] = None
+        if self.last is not None and self.last.get("deployment_id") != deployment_id:
+            self.last = None  # another deployment's state: this one starts from its configuration
+        self._last_reading: Optional[dict] = None
         if self.last is not None:  # resume after a restart, one step after the recorded decision
             self.trace_time = self._next_trace_time(datetime.fromisoformat(self.last["trace_time"]))
             self.ledger = CarbonLedger.from_totals(self.last.get("carbon_so_far_g"))
@@ -151,7 +186,7 @@ class CarbonAutoscaler:
             snap = ray.get(get_or_create_hub().snapshot.remote(), timeout=2)
         except Exception:
             snap = {}
-        obs, self._last_requests = observe_telemetry(snap, self._last_requests)
+        obs, self._last_reading = observe_telemetry(snap, self._last_reading, self.perf)
         return obs
 
     def observation(self, obs: Optional[dict] = None) -> Observation:
@@ -171,7 +206,9 @@ class CarbonAutoscaler:
             arrival_rps=float(load) if load is not None else 0.0, current_replicas=int(current["replicas"]),
             current_capacity_gb=float(current["capacity_gb"]), access_sample=list(obs["access_sample"]),
             sample_rate=float(obs["sample_rate"] or 1.0), chunk_bytes=int(obs["chunk_bytes"] or 0),
-            now_s=time.monotonic())
+            mean_prompt_tokens=obs.get("mean_prompt_tokens"), mean_output_tokens=obs.get("mean_output_tokens"),
+            effective_prompt_tokens=obs.get("effective_prompt_tokens"), mean_ttft_s=obs.get("mean_ttft_s"),
+            mean_tpot_s=obs.get("mean_tpot_s"), now_s=time.monotonic())
 
     def _slot_footprint(self, d: Decision, observation: Observation) -> Footprint:
         """Carbon of the slot about to run, as the model predicts it, over the trace time one
@@ -197,8 +234,8 @@ class CarbonAutoscaler:
         self.ledger.charge(fp)
         self.cycles += 1
         record = self._record(t_start, obs, observation, d, fp)
-        self.state.write_plan(d.replicas)
-        self.state.write_store_capacity("disk", int(d.capacity_gb * 1e9))
+        control_plane.publish_plan(self.app, d.replicas)
+        control_plane.publish_capacities(self.app, {"disk": int(d.capacity_gb * 1e9)})
         self.state.append_decision(record)
         self.state.save_last(record)
         self.last = record
@@ -210,6 +247,7 @@ class CarbonAutoscaler:
         problem = self.policy.last_problem
         return {
             "cycle": self.cycles, "time": t_start, "trace_time": self.trace_time.isoformat(), "grid": self.cfg.grid,
+            "app": self.app, "deployment_id": self.deployment_id,
             "inputs": {"carbon_intensity_g_per_kwh": observation.intensity_forecast[0],
                        "forecast_g_per_kwh": list(problem.intensity), "load_rps": observation.arrival_rps,
                        "observed_rps": obs["request_rate_rps"], "overrides": dict(self.overrides),
@@ -244,14 +282,3 @@ class CarbonAutoscaler:
                 "trace_time": record["trace_time"], "cycle": record["cycle"], "reason": record["reason"]})
         except Exception:
             logger.debug("publish failed", exc_info=True)
-
-
-def start_autoscaler(config: AutoscalerConfig, home: str | Path):
-    actor = CarbonAutoscaler.options(name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached",
-                                     get_if_exists=True).remote(config.model_dump(), str(home))
-    ray.get(actor.start.remote())
-    return actor
-
-
-def get_autoscaler():
-    return ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 HOURS_PER_YEAR = 365 * 24
 # EcoServe artifact (S4AI-CornellTech/EServe); the sensitivity range 0.01-0.16 is ACT's.
@@ -59,6 +59,8 @@ GPU_POWER = {
 
 class CarbonConfig(BaseModel):
     """Every factor the planner prices carbon with; all overridable."""
+
+    model_config = ConfigDict(extra="forbid")
 
     gpu: Literal["H100", "A100"] = Field("H100", description="GPU type (selects default power).")
     gpus_per_replica: int = Field(1, ge=1, description="GPUs per replica (e.g. 4 for Llama-3-70B TP=4).")

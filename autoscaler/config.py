@@ -5,7 +5,7 @@ Importing this module imports no Ray and no other part of GreenCache.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from autoscaler.carbon import CarbonConfig
 from autoscaler.perf_model import SLO
@@ -14,6 +14,8 @@ DEFAULT_CAPACITIES_GB = (0.0, 50, 100, 200, 400, 800, 1600)
 
 
 class AutoscalerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     enabled: bool = Field(True, description="Run the carbon autoscaler beside the Serve app.")
     grid: str = Field("FR", description="Bundled Electricity Maps grid for carbon intensity.")
     trace_start: str = Field("2023-06-01T00:00", description="Trace time the autoscaler starts at (UTC, ISO).")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 # The busiest a replica may be planned to run. Without a measured profile this is the whole SLO
@@ -36,6 +36,8 @@ DEFAULT_MAX_UTILISATION = 0.7
 
 
 class SLO(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     ttft_s: float = Field(2.0, gt=0, description="TTFT target at the percentile below (s).")
     tpot_s: float = Field(0.1, gt=0, description="Time-per-output-token target (s).")
     percentile: float = Field(90, ge=50, lt=100, description="Percentile the targets apply to.")
@@ -110,6 +112,11 @@ class PerfModel:
         if p.size == 0:
             return 0.0
         return self.prefill_tokens_for(float(np.mean(self.a + self.b * p + self.c * p * p)))
+
+    def effective_prompt_from_moments(self, mean_tokens: float, mean_sq_tokens: float) -> float:
+        """`effective_prompt_tokens` from E[n] and E[n²] (what running counters can keep):
+        prefill is quadratic in n, so its mean is a + b·E[n] + c·E[n²]."""
+        return self.prefill_tokens_for(self.a + self.b * mean_tokens + self.c * mean_sq_tokens)
 
     def decode_step_s(self, batch: float, context: float = 0.0) -> float:
         """One decode step for `batch` sequences of `context` tokens each."""

@@ -47,6 +47,8 @@ class Observation:
     mean_prompt_tokens: Optional[float] = None  # None: the policy's configured value
     effective_prompt_tokens: Optional[float] = None  # length whose prefill time is the mix's mean
     mean_output_tokens: Optional[float] = None
+    mean_ttft_s: Optional[float] = None  # over the last interval's finished requests
+    mean_tpot_s: Optional[float] = None
     now_s: float = 0.0  # monotonic seconds (delay logic of queue-based policies)
 
     def to_json(self) -> dict:

@@ -400,13 +400,16 @@ class Simulation:
 
     # ---- observation ---------------------------------------------------------------------
     def observe(self, t: float, interval_s: float, replicas: SimReplicas, cache: SimCache, ongoing: int,
-                want_sample: bool) -> Observation:
+                want_sample: bool, latencies: Optional[tuple[np.ndarray, np.ndarray]] = None) -> Observation:
+        """What a policy sees at `t`, as the live actor builds it: the last interval's request rate,
+        token mix and (with `latencies`, the run's TTFT/TPOT so far) mean TTFT/TPOT; the sampled
+        access stream; the carbon forecast; the current fleet and cache."""
         tr = self.trace
         i1 = int(np.searchsorted(tr.arrival_s, t))
         i0 = int(np.searchsorted(tr.arrival_s, t - interval_s))
         rate = (i1 - i0) / interval_s if t > 0 else self.mean_rps  # first decision: provisioning rate
         sample: list = []
-        mp = mo = ep = None
+        mp = mo = ep = mttft = mtpot = None
         window = None
         if want_sample:
             w0 = int(np.searchsorted(tr.arrival_s, t - self.cfg.curve_window_s))
@@ -416,6 +419,8 @@ class Simulation:
             if i1 > i0:
                 mp, mo = float(tr.prompt_tokens[i0:i1].mean()), float(tr.output_tokens[i0:i1].mean())
                 ep = self.perf.effective_prompt_tokens(tr.prompt_tokens[i0:i1])
+        if latencies is not None and i1 > i0:
+            mttft, mtpot = float(latencies[0][i0:i1].mean()), float(latencies[1][i0:i1].mean())
         hour = int(t // 3600)
         return Observation(
             trace_time=self.start + timedelta(seconds=t),
@@ -423,14 +428,16 @@ class Simulation:
             arrival_rps=rate, ongoing_requests=float(ongoing), current_replicas=len(replicas.active),
             current_capacity_gb=cache.capacity_gb, access_sample=sample, sample_rate=self.cfg.sample_rate,
             chunk_bytes=self.chunk_bytes, window_accesses=window, mean_prompt_tokens=mp, mean_output_tokens=mo,
-            effective_prompt_tokens=ep, now_s=t)
+            effective_prompt_tokens=ep, mean_ttft_s=mttft, mean_tpot_s=mtpot, now_s=t)
 
     # ---- run one policy ------------------------------------------------------------------
-    def _decide(self, policy, t: float, fleet: SimReplicas, cache: SimCache, in_flight: list, initial=False) -> None:
+    def _decide(self, policy, t: float, fleet: SimReplicas, cache: SimCache, in_flight: list, initial=False,
+                latencies=None) -> None:
         """One decision point: observe, decide, apply the decision to the simulated actuators."""
         while in_flight and in_flight[0] <= t:
             heapq.heappop(in_flight)
-        obs = self.observe(t, policy.interval_s, fleet, cache, len(in_flight), isinstance(policy, PlannerPolicy))
+        obs = self.observe(t, policy.interval_s, fleet, cache, len(in_flight), isinstance(policy, PlannerPolicy),
+                           latencies)
         dec = policy.decide(obs)
         fleet.set_target(dec.replicas, t, initial=initial)
         cache.set_capacity(dec.capacity_gb)
@@ -446,8 +453,8 @@ class Simulation:
         fleet = SimReplicas(self.cold_start_s, self.perf, self.cfg.chunk_tokens, self.carbon)
         ledger = HourlyLedger(self.hours)
         in_flight: list[float] = []  # end times of requests still running (queue-based policies)
-        self._decide(policy, 0.0, fleet, cache, in_flight, initial=True)
         ttft, tpot, finish = np.empty(n), np.empty(n), np.full(n, np.nan)
+        self._decide(policy, 0.0, fleet, cache, in_flight, initial=True)
         cached_tokens = 0
         next_acct, next_tick = ACCOUNT_EVERY_S, policy.interval_s
         prog_every = max(1, n // 200)
@@ -458,7 +465,7 @@ class Simulation:
                 nt = min(next_acct, next_tick)
                 ledger.advance(nt, fleet, cache)
                 if nt == next_tick:
-                    self._decide(policy, nt, fleet, cache, in_flight)
+                    self._decide(policy, nt, fleet, cache, in_flight, latencies=(ttft, tpot))
                     next_tick += policy.interval_s
                 if nt == next_acct:
                     next_acct += ACCOUNT_EVERY_S

@@ -1,19 +1,17 @@
-"""The files the autoscaler keeps on its node, and the ones it writes for the serving side.
+"""The files the autoscaler keeps on its node (the head; decisions reach other nodes through
+Ray, control_plane.py).
 
 Under `HomeLayout(home)` (cache_store/local.py, where every path is named):
 - `autoscaler/decisions.jsonl`: one JSON line per planning cycle (inputs, plan, predicted
   carbon, reason), appended;
 - `autoscaler/last.json`: the last decision and the carbon totals, written atomically and
-  fsynced, which a restarted actor resumes from;
-- `autoscaler/plan.json`: the replica target the Serve autoscaling policy follows;
-- `kv-control.json`: the store capacities every engine on the node applies (control.py).
+  fsynced, which a restarted autoscaler resumes from.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -46,19 +44,3 @@ class AutoscalerState:
     def append_decision(self, record: dict) -> None:
         with open(self.layout.decisions, "a") as f:
             f.write(json.dumps(record, default=str) + "\n")
-
-    def write_plan(self, target_replicas: int) -> None:
-        atomic_write_text(self.layout.plan, json.dumps({"target_replicas": int(target_replicas),
-                                                        "updated": time.time()}))
-
-    def write_store_capacity(self, tier: str, capacity_bytes: int) -> None:
-        path = self.layout.kv_control
-        control: dict = {}
-        try:
-            control = json.loads(path.read_text())
-        except (OSError, ValueError):
-            pass
-        if not isinstance(control, dict) or not isinstance(control.get("capacity_bytes"), dict):
-            control = {"capacity_bytes": {}}
-        control["capacity_bytes"][tier] = int(capacity_bytes)
-        atomic_write_text(path, json.dumps(control))

@@ -3,7 +3,8 @@
 Publishers (fire-and-forget, every few seconds):
 - each LLM replica: its engine processes' KV-store stats (the store lives inside vLLM's engine
   processes, which nothing outside the replica can call);
-- the ingress (`INGRESS_KEY`): how many generation requests it has accepted;
+- each ingress replica (`INGRESS_KEY` + its id): cumulative counts of the requests it has
+  accepted and finished, their prompt and output tokens, TTFT and TPOT;
 - the autoscaler (`AUTOSCALER_KEY`): a summary of its last decision, for `/metrics`.
 Readers: the autoscaler (its observation) and the ingress (`/metrics`), with timeouts.
 Entries older than `stale_after_s` (a replica that went away) are dropped. Nothing here may
@@ -18,7 +19,7 @@ import ray
 
 HUB_NAME = "greencache-stats-hub"
 NAMESPACE = "greencache"
-INGRESS_KEY = "__ingress__"
+INGRESS_KEY = "__ingress__"  # + ":<replica id>"
 AUTOSCALER_KEY = "__autoscaler__"
 
 
@@ -43,5 +44,8 @@ class StatsHub:
 
 
 def get_or_create_hub():
-    return StatsHub.options(name=HUB_NAME, namespace=NAMESPACE, get_if_exists=True,
-                            lifetime="detached").remote()
+    """The hub, created on the head node on first use (so no worker node's loss takes it along)."""
+    from autoscaler.control_plane import HEAD_RESOURCE
+
+    return StatsHub.options(name=HUB_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
+                            resources={HEAD_RESOURCE: 0.001}).remote()

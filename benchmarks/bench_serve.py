@@ -22,6 +22,7 @@ import httpx
 
 from benchmarks.loadgen import LoadResult, percentile, random_token_prompts, run_closed_loop
 from cache_store.local import free_port
+from deployments.settings import settings
 
 MODEL_NAME = "greencache-demo"
 # Pause before switching systems: a CPU engine's OpenMP threads keep spinning for a while
@@ -139,7 +140,7 @@ def _measure(args, config, model_dir: str, vocab: int) -> tuple[dict, dict, dict
     """Start both systems, run the rounds and the probe, stop both."""
     from deployments.launch import start_serve, stop_all
 
-    log_dir = Path(config.home) / "bench"
+    log_dir = Path(config.home or settings().home) / "bench"
     log_dir.mkdir(parents=True, exist_ok=True)
     vllm_port = free_port()
     vllm_proc = start_vllm_server(model_dir, vllm_port, args.max_model_len, log_dir / "vllm_server.log",

@@ -28,6 +28,8 @@ class RequestResult:
     error: str = ""
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    text: str = ""  # the streamed completion
+    replica: str = ""  # GreenCache's x-greencache-replica header, when the server sends it
 
     @property
     def tpot_s(self) -> float:
@@ -94,10 +96,13 @@ async def stream_completion(
     ttft = None
     tokens = 0
     prompt_n = cached_n = 0
+    parts: list[str] = []
+    replica = ""
     try:
         async with client.stream("POST", url + "/v1/completions", json=body, headers=headers) as r:
             if r.status_code != 200:
                 return RequestResult(False, error=f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
+            replica = r.headers.get("x-greencache-replica", "")
             async for line in r.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
@@ -105,6 +110,7 @@ async def stream_completion(
                 if "error" in payload:
                     return RequestResult(False, error=str(payload["error"]))
                 for c in payload.get("choices", []):
+                    parts.append(c.get("text") or "")
                     if c.get("text"):
                         if ttft is None:
                             ttft = time.perf_counter() - t0
@@ -118,7 +124,7 @@ async def stream_completion(
         return RequestResult(False, error=f"{type(e).__name__}: {e}")
     e2e = time.perf_counter() - t0
     return RequestResult(True, ttft if ttft is not None else e2e, e2e, tokens, prompt_tokens=prompt_n,
-                         cached_tokens=cached_n)
+                         cached_tokens=cached_n, text="".join(parts), replica=replica)
 
 
 async def run_closed_loop(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cache_store.local import HomeLayout
 
@@ -21,29 +21,62 @@ GB = 10**9
 class KVStoreConfig(BaseModel):
     """The tiered prefix-KV store shared by engines (see cache_store/)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     enabled: bool = Field(True, description="Attach the GreenCache KV connector to every engine.")
     chunk_tokens: int = Field(256, ge=16, description="Tokens per stored chunk (a multiple of vLLM's block size).")
     memory_capacity_bytes: int = Field(0, ge=0, description="Per-engine-process DRAM tier (bytes); 0 = no memory tier.")
-    disk_path: Optional[Path] = Field(None, description="Node-local disk (NVMe) tier directory; default <home>/kv-disk.")
-    disk_capacity_bytes: int = Field(4 * GB, ge=0, description="Disk tier limit (bytes on disk); 0 = no disk tier.")
-    redis_url: Optional[str] = Field(None, description="Shared Redis tier, e.g. redis://127.0.0.1:6379/0; None = off; "
-                                     "'local' = start a private redis-server.")
+    disk_path: Optional[Path] = Field(None, description="Disk (NVMe) tier directory, the same on every node; default: "
+                                      "each node's GREENCACHE_KV_DISK_PATH, else <home>/kv-disk.")
+    disk_capacity_bytes: int = Field(4 * GB, ge=0, description="Disk tier limit per node (bytes of chunk files); "
+                                     "0 = no disk tier.")
+    redis_url: Optional[str] = Field(None, description="Shared Redis tier, e.g. redis://10.0.0.5:6380/0 or rediss://...; "
+                                     "'{head}' stands for the Ray head node's address; 'local' = start a private "
+                                     "redis-server; None = off. Never put the password here.")
+    redis_password_file: Optional[Path] = Field(None, description="File holding the Redis password, at this path on "
+                                                "every node; default: each node's GREENCACHE_REDIS_PASSWORD_FILE or "
+                                                "GREENCACHE_REDIS_PASSWORD.")
     redis_capacity_bytes: int = Field(1 * GB, ge=0, description="Redis tier limit enforced by the store (bytes).")
     eviction: Literal["lru", "cost-aware"] = Field("lru", description="Eviction order of the memory and disk tiers.")
 
-    def spec(self, home: Path) -> dict[str, Any]:
-        """The plain dict passed to the connector (`cache_store.store.build_store`)."""
+    @field_validator("redis_url")
+    @classmethod
+    def _no_password_in_url(cls, v: Optional[str]) -> Optional[str]:
+        from urllib.parse import urlsplit
+
+        if v and v != "local" and urlsplit(v.replace("{head}", "head")).password is not None:
+            raise ValueError("the Redis URL carries a password, which would show in logs and `ps`: remove it and "
+                             "put it in a file (redis_password_file / GREENCACHE_REDIS_PASSWORD_FILE) or in "
+                             "GREENCACHE_REDIS_PASSWORD")
+        return v
+
+    def spec(self, home: Path, *, node_disk_path: Optional[Path] = None, node_managed_disk: bool = False,
+             redis_url: Optional[str] = None, password_file: Optional[str] = None,
+             password_env: Optional[str] = None) -> dict[str, Any]:
+        """The plain dict passed to the connector (`cache_store.store.build_store`), resolved for
+        one node: its home, its disk directory, the Redis address and where the password is.
+        `node_managed_disk`: the disk tier follows the capacity stored in the node's index
+        (a replica sets it) instead of setting its own."""
         layout = HomeLayout(Path(home))
         tiers: list[dict[str, Any]] = []
         if self.memory_capacity_bytes:
             tiers.append({"kind": "memory", "capacity_bytes": self.memory_capacity_bytes, "eviction": self.eviction})
         if self.disk_capacity_bytes:
-            tiers.append({"kind": "disk", "path": str(self.disk_path or layout.kv_disk),
-                          "capacity_bytes": self.disk_capacity_bytes, "eviction": self.eviction})
-        if self.redis_url:
-            tiers.append({"kind": "redis", "url": self.redis_url, "capacity_bytes": self.redis_capacity_bytes})
-        return {"chunk_tokens": self.chunk_tokens, "tiers": tiers,
-                "control_path": str(layout.kv_control), "stats_dir": str(layout.kv_stats)}
+            tiers.append({"kind": "disk", "path": str(self.disk_path or node_disk_path or layout.kv_disk),
+                          "capacity_bytes": None if node_managed_disk else self.disk_capacity_bytes,
+                          "eviction": self.eviction})
+        url = redis_url or self.redis_url
+        if url:
+            tiers.append({"kind": "redis", "url": url, "capacity_bytes": self.redis_capacity_bytes,
+                          "password_file": str(self.redis_password_file or password_file or "") or None,
+                          "password_env": password_env})
+        return {"chunk_tokens": self.chunk_tokens, "tiers": tiers, "stats_dir": str(layout.kv_stats)}
+
+    def disk_path_on(self, home: Path, node_disk_path: Optional[Path] = None) -> Optional[Path]:
+        """The disk tier's directory on a node (None: no disk tier)."""
+        if not self.disk_capacity_bytes:
+            return None
+        return Path(self.disk_path or node_disk_path or HomeLayout(Path(home)).kv_disk)
 
 
 def kv_transfer_config(spec: dict[str, Any]) -> dict[str, Any]:

@@ -44,19 +44,14 @@ class HomeLayout:
         return self.home / "kv-stats"
 
     @property
-    def kv_control(self) -> Path:
-        """Store capacities the autoscaler sets; every engine on this node applies them."""
-        return self.home / "kv-control.json"
+    def secrets(self) -> Path:
+        """Secrets GreenCache generates for itself (the password of a Redis it starts), 0700."""
+        return self.home / "secrets"
 
     @property
     def autoscaler(self) -> Path:
-        """The autoscaler's state directory (on the node where the actor runs)."""
+        """The autoscaler's state directory (on the node where it runs: the head)."""
         return self.home / "autoscaler"
-
-    @property
-    def plan(self) -> Path:
-        """The replica target the Serve autoscaling policy follows."""
-        return self.autoscaler / "plan.json"
 
     @property
     def last_decision(self) -> Path:

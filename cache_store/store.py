@@ -6,8 +6,8 @@
   faster tiers above.
 - `put_many(items)` writes through to every tier (each tier enforces its own capacity).
 - `invalidate(keys)` deletes a chunk everywhere (used when a value fails validation).
-- `set_capacity(tier, bytes)` changes a tier's limit while serving; `build_store` wires a
-  `ControlFile` to it when the spec names one (see control.py).
+- `set_capacity(tier, bytes)` changes a tier's limit while serving. The disk tier's capacity
+  is the node's (tiers/disk.py): whoever sets it, every process on the node follows it.
 
 Stats: per-tier counters, lookups and hits, and the capacity each tier has held over time
 (GB-hours), which the autoscaler's carbon ledger turns into embodied carbon. Every lookup also
@@ -30,7 +30,6 @@ class KVStore:
     def __init__(self, tiers: Sequence[Any], sampler: Optional[AccessSampler] = None) -> None:
         self.tiers = list(tiers)
         self.sampler = sampler or AccessSampler()
-        self.control = None  # a ControlFile, when build_store attaches one
         self._gb_hours = {t.name: 0.0 for t in self.tiers}
         self._t_last = time.monotonic()
         self.lookups = 0
@@ -58,13 +57,8 @@ class KVStore:
         self._accrue()
         self.tier(tier_name).set_capacity(int(capacity_bytes))
 
-    def _poll_control(self) -> None:
-        if self.control is not None:
-            self.control.poll()
-
     # ---- data path --------------------------------------------------------------------
     def lookup_prefix(self, keys: Sequence[str]) -> int:
-        self._poll_control()
         self.lookups += 1
         self.lookup_chunks += len(keys)
         self.sampler.observe(keys)
@@ -107,7 +101,6 @@ class KVStore:
         return out
 
     def put_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
-        self._poll_control()
         t0 = time.perf_counter()
         for t in self.tiers:
             t.put_many(items)
@@ -132,21 +125,20 @@ class KVStore:
         }
 
     def close(self) -> None:
-        if self.control is not None:
-            self.control.close()
         for t in self.tiers:
             t.close()
 
 
 def build_store(spec: dict) -> KVStore:
     """Build a store from a plain dict (what travels in vLLM's kv_connector_extra_config;
-    `cache_store.config.StoreConfig.spec` writes it).
+    `cache_store.config.KVStoreConfig.spec` writes it).
 
-    spec = {"tiers": [{"kind": "memory"|"disk"|"redis", "capacity_bytes": N,
-                       "path": DIR (disk), "url": URL (redis), "eviction": "lru"|"cost-aware"}],
-            "control_path": FILE (optional), "chunk_tokens": 256, "access_sample_rate": 0.25}
+    spec = {"tiers": [{"kind": "memory"|"disk"|"redis", "capacity_bytes": N (None for a disk
+                       tier: follow the node's), "path": DIR (disk), "url": URL (redis),
+                       "password_file"/"password_env": where the Redis password is (redis),
+                       "eviction": "lru"|"cost-aware"}],
+            "chunk_tokens": 256, "access_sample_rate": 0.25}
     """
-    from cache_store.control import ControlFile
     from cache_store.eviction import make_policy
     from cache_store.tiers import DiskTier, MemoryTier, RedisTier
 
@@ -154,20 +146,16 @@ def build_store(spec: dict) -> KVStore:
     tiers = []
     for t in spec.get("tiers", []):
         kind = t["kind"]
-        cap = int(t["capacity_bytes"])
+        cap = t.get("capacity_bytes")
         eviction = t.get("eviction", "lru")
         policy = make_policy(eviction, chunk_tokens=chunk_tokens) if eviction != "lru" else make_policy("lru")
         if kind == "memory":
-            tiers.append(MemoryTier(cap, policy))
+            tiers.append(MemoryTier(int(cap), policy))
         elif kind == "disk":
-            tiers.append(DiskTier(os.path.expanduser(t["path"]), cap, policy))
+            tiers.append(DiskTier(os.path.expanduser(t["path"]), None if cap is None else int(cap), policy))
         elif kind == "redis":
-            tiers.append(RedisTier(t["url"], cap, prefix=t.get("prefix", "gc:")))
+            tiers.append(RedisTier(t["url"], int(cap), prefix=t.get("prefix", "gc:"),
+                                   password_file=t.get("password_file"), password_env=t.get("password_env")))
         else:
             raise ValueError(f"unknown tier kind {kind!r}; use memory, disk or redis")
-    store = KVStore(tiers, AccessSampler(rate=float(spec.get("access_sample_rate", 0.25))))
-    if spec.get("control_path"):
-        store.control = ControlFile(spec["control_path"], store.set_capacity, poll_s=float(spec.get("control_poll_s", 1.0)))
-        store.control.poll(force=True)
-        store.control.watch()
-    return store
+    return KVStore(tiers, AccessSampler(rate=float(spec.get("access_sample_rate", 0.25))))

@@ -1,18 +1,29 @@
-"""Assemble the Ray Serve application: OpenAI ingress → LLM replicas (prefix-affinity routed)."""
+"""The Ray Serve application: OpenAI ingress → LLM replicas (prefix-affinity routed), plus the
+carbon autoscaler, as one application that `serve run` / `serve deploy` accept:
+
+    import_path: deployments.app:build          args: the fields of `ServeConfig`
+
+Placement: the LLM replicas go wherever Serve finds room (`max_replicas_per_node` spreads
+them). The ingress and the autoscaler are pinned to the Ray head node (`node:__internal_head__`,
+0 CPUs): the head holds the cluster's control plane (GCS, Serve controller), so a worker node
+that dies never takes the endpoint's entry point or the autoscaler's state with it.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+import uuid
+from typing import Any, Optional
 
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
-from cache_store.local import HomeLayout
+from autoscaler.control_plane import ON_HEAD
 from deployments.config import ServeConfig, engine_env
 from deployments.demo_model import resolve_model
 
 INGRESS_NAME = "OpenAIIngress"
 LLM_NAME = "LLMReplica"
+AUTOSCALER_NAME = "CarbonAutoscaler"
 APP_NAME = "greencache"
 # Serve's health check of an engine replica: a loaded CPU engine can take long to answer.
 HEALTH_CHECK_PERIOD_S = 10
@@ -33,8 +44,8 @@ def resolve_max_model_len(model_path: str, configured: Optional[int]) -> int:
     return 2048
 
 
-def _replica_options(config: ServeConfig, autoscaling_config: Optional[dict]) -> dict:
-    options = dict(
+def _replica_options(config: ServeConfig, app: str, autoscaling_config: Optional[dict]) -> dict:
+    options: dict[str, Any] = dict(
         name=LLM_NAME,
         max_ongoing_requests=config.max_ongoing_requests,
         ray_actor_options={
@@ -45,14 +56,17 @@ def _replica_options(config: ServeConfig, autoscaling_config: Optional[dict]) ->
         request_router_config=RequestRouterConfig(
             request_router_class="deployments.routing:PrefixAffinityRouter",
             request_router_kwargs={"imbalance_threshold": config.routing.imbalance_threshold,
-                                   "table_size": config.routing.table_size},
+                                   "table_size": config.routing.table_size,
+                                   "prefix_affinity": config.routing.prefix_affinity},
         ),
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S,
         graceful_shutdown_timeout_s=5,
     )
+    if config.max_replicas_per_node is not None:
+        options["max_replicas_per_node"] = config.max_replicas_per_node
     if autoscaling_config is None and config.autoscaler.enabled:
-        autoscaling_config = plan_following_autoscaling(config)
+        autoscaling_config = plan_following_autoscaling(config, app)
     if autoscaling_config is not None:
         options["autoscaling_config"] = autoscaling_config
     else:
@@ -60,25 +74,74 @@ def _replica_options(config: ServeConfig, autoscaling_config: Optional[dict]) ->
     return options
 
 
-def build_app(config: ServeConfig, *, autoscaling_config: Optional[dict] = None):
+class AutoscalerReplica:
+    """The carbon autoscaler as a Serve deployment on the head node: Serve starts it with the
+    application, replaces it if it dies (it resumes from its last decision) and removes it with
+    the application. Its state lives in the head node's GreenCache home."""
+
+    def __init__(self, config: dict, app: str, deployment_id: str, home: Optional[str] = None) -> None:
+        from autoscaler.actor import CarbonAutoscaler
+        from deployments.settings import settings
+
+        self._impl = CarbonAutoscaler(config, home or settings().home, app, deployment_id)
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["_impl"], name)
+
+    async def status(self) -> dict:
+        return await self._impl.status()
+
+    async def step(self) -> dict:
+        return await self._impl.step()
+
+    async def set_overrides(self, **kw: Any) -> dict:
+        return await self._impl.set_overrides(**kw)
+
+    async def decide(self, observation: dict) -> dict:
+        return await self._impl.decide(observation)
+
+
+def _clear_old_decisions(app: str) -> None:
+    """A new deployment starts from its configuration, not from decisions published for an
+    earlier deployment of the same application (needs a Ray connection; none: nothing to clear)."""
+    import ray
+
+    if ray.is_initialized():
+        from autoscaler import control_plane
+
+        control_plane.clear(app)
+
+
+def build_app(config: ServeConfig, *, app_name: str = APP_NAME, autoscaling_config: Optional[dict] = None):
     """Return a bound Serve application for `config` (pass it to `serve.run`)."""
     from deployments.ingress import OpenAIIngress, app
     from deployments.replica import LLMReplica
 
-    engine = config.engine_config(*resolve_model(config))
-    max_model_len = resolve_max_model_len(engine.model, engine.max_model_len)
+    _clear_old_decisions(app_name)
+    model_dir, served_name = resolve_model(config)  # on this node, for the ingress's tokenizer
+    engine = config.engine_config(served_name)
+    max_model_len = resolve_max_model_len(model_dir, engine.max_model_len)
     engine = engine.model_copy(update={"max_model_len": max_model_len})
-    llm = serve.deployment(LLMReplica).options(**_replica_options(config, autoscaling_config)).bind(engine.model_dump())
+    llm = serve.deployment(LLMReplica).options(**_replica_options(config, app_name, autoscaling_config)).bind(
+        engine.model_dump(), app_name)
+    autoscaler = None
+    if config.autoscaler.enabled:
+        autoscaler = serve.deployment(AutoscalerReplica).options(
+            name=AUTOSCALER_NAME, num_replicas=1, ray_actor_options=ON_HEAD, max_ongoing_requests=16,
+            health_check_period_s=HEALTH_CHECK_PERIOD_S,
+        ).bind(config.autoscaler.model_dump(), app_name, uuid.uuid4().hex, str(config.home) if config.home else None)
     ingress_cls = serve.ingress(app)(OpenAIIngress)
     return serve.deployment(ingress_cls).options(
         name=INGRESS_NAME,
         num_replicas=1,
         max_ongoing_requests=4096,
-        ray_actor_options={"num_cpus": 0.5},
+        ray_actor_options=ON_HEAD,
     ).bind(
         llm,
+        autoscaler,
         engine.served_model_name,
-        engine.model,
+        config.model,
+        str(config.home) if config.home else None,
         max_model_len,
         list(config.api_keys),
         config.max_body_bytes,
@@ -87,7 +150,13 @@ def build_app(config: ServeConfig, *, autoscaling_config: Optional[dict] = None)
     )
 
 
-def plan_following_autoscaling(config: ServeConfig) -> dict:
+def build(args: dict):
+    """The application builder for `serve run deployments.app:build` and Serve config files:
+    `args` are `ServeConfig` fields (unknown ones are an error)."""
+    return build_app(ServeConfig.model_validate(args or {}))
+
+
+def plan_following_autoscaling(config: ServeConfig, app: str = APP_NAME) -> dict:
     """Serve autoscaling config whose policy follows the carbon plan (see autoscaling_policy.py)."""
     a = config.autoscaler
     initial = max(a.min_replicas, min(a.max_replicas, config.num_replicas))
@@ -99,7 +168,11 @@ def plan_following_autoscaling(config: ServeConfig) -> dict:
         "downscale_delay_s": 5,
         "policy": {
             "policy_function": "deployments.autoscaling_policy:PlanFollowingPolicy",
-            "policy_kwargs": {"plan_path": str(HomeLayout(config.home).plan),
-                              "burst_ongoing_per_replica": float(config.max_ongoing_requests)},
+            "policy_kwargs": {"app": app, "burst_ongoing_per_replica": float(config.max_ongoing_requests)},
         },
     }
+
+
+def autoscaler_handle(app: str = APP_NAME):
+    """A handle to the running application's autoscaler (`.status.remote().result()`, ...)."""
+    return serve.get_deployment_handle(AUTOSCALER_NAME, app_name=app)

@@ -13,11 +13,10 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from autoscaler.config import AutoscalerConfig
-from cache_store.config import KVStoreConfig, kv_transfer_config
-from deployments.settings import settings
+from cache_store.config import KVStoreConfig
 
 DEMO_MODEL_NAME = "greencache-demo"
 
@@ -46,7 +45,10 @@ def engine_env() -> dict[str, str]:
 class EngineConfig(BaseModel):
     """What a replica needs to start its vLLM engine."""
 
-    model: str = Field(description="Path to a local Hugging Face model directory.")
+    model_config = ConfigDict(extra="forbid")
+
+    model: Optional[str] = Field(None, description="Local Hugging Face model directory (the same path on every "
+                                 "node); None = the demo model, built on each node.")
     served_model_name: str = Field(description="Name clients pass as `model`.")
     max_model_len: Optional[int] = Field(
         None, ge=16, description="Context window in tokens; default: the model's own."
@@ -59,27 +61,34 @@ class EngineConfig(BaseModel):
     stream_interval_ms: float = Field(
         0.0, ge=0, description="Coalesce streamed tokens: at most one message per interval after the first (ms); 0 = every step."
     )
-    kv_store_spec: Optional[dict[str, Any]] = Field(
-        None, description="Store spec for GreenCacheConnector; None = no shared KV store."
+    kv_store: Optional[KVStoreConfig] = Field(
+        None, description="The KV store the engine's connector uses (resolved on the replica's node); None = none."
     )
+    home: Optional[Path] = Field(None, description="GreenCache home on every node; None = each node's own.")
 
-    def engine_args(self) -> dict[str, Any]:
+    def engine_args(self, model_dir: str, kv_store_spec: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        """vLLM `AsyncEngineArgs` fields for the model at `model_dir` (resolved on this node);
+        `kv_store_spec` is the store spec resolved for this node."""
+        from cache_store.config import kv_transfer_config
+
         args: dict[str, Any] = dict(
-            model=self.model,
+            model=model_dir,
             served_model_name=self.served_model_name,
             enforce_eager=self.enforce_eager,
             disable_log_stats=False,
         )
         if self.max_model_len is not None:
             args["max_model_len"] = self.max_model_len
-        if self.kv_store_spec is not None and self.kv_store_spec.get("tiers"):
-            args["kv_transfer_config"] = kv_transfer_config(self.kv_store_spec)
+        if kv_store_spec is not None and kv_store_spec.get("tiers"):
+            args["kv_transfer_config"] = kv_transfer_config(kv_store_spec)
         args.update(self.engine_kwargs)
         return args
 
 
 class RoutingConfig(BaseModel):
     """Prefix-affinity routing across replicas (see deployments/routing.py)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     block_tokens: int = Field(32, ge=1, description="Tokens per prefix block hashed for affinity (tokens).")
     max_blocks: int = Field(128, ge=1, description="Most prefix blocks of a prompt considered (bounds hashing cost).")
@@ -90,10 +99,15 @@ class RoutingConfig(BaseModel):
         "requests longer than the least-loaded replica's (requests).",
     )
     table_size: int = Field(200_000, ge=1, description="Prefix blocks remembered by the router (LRU entries).")
+    prefix_affinity: bool = Field(True, description="Route by remembered prefixes; False: only by load (the "
+                                  "least-loaded replica, ties broken at random).")
 
 
 class ServeConfig(BaseModel):
-    """Everything a GreenCache deployment needs; the defaults are the embedded demo setup."""
+    """Everything a GreenCache deployment needs; the defaults are the embedded demo setup.
+    Unknown fields are errors: a misspelt key in a Serve config must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
     model: Optional[str] = Field(
         None, description="Local HF model directory; None builds and uses the demo model."
@@ -114,6 +128,8 @@ class ServeConfig(BaseModel):
     )
     replica_num_cpus: float = Field(1.0, ge=0, description="Logical Ray CPUs reserved per replica (bookkeeping).")
     replica_num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (0 on CPU machines).")
+    max_replicas_per_node: Optional[int] = Field(None, ge=1, description="Most LLM replicas Serve places on one node "
+                                                 "(1 spreads them over nodes); None = no limit.")
     max_model_len: Optional[int] = Field(None, ge=16, description="Context window (tokens).")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra vLLM engine args.")
     stream_interval_ms: float = Field(
@@ -127,7 +143,8 @@ class ServeConfig(BaseModel):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     kv_store: KVStoreConfig = Field(default_factory=KVStoreConfig)
     autoscaler: AutoscalerConfig = Field(default_factory=AutoscalerConfig)
-    home: Path = Field(default_factory=lambda: settings().home, description="Where the demo model and state live.")
+    home: Optional[Path] = Field(None, description="GreenCache home (demo model, disk tier, state), the same path on "
+                                 "every node; None = each node's GREENCACHE_HOME.")
 
     @field_validator("host")
     @classmethod
@@ -146,14 +163,14 @@ class ServeConfig(BaseModel):
             )
         return self
 
-    def engine_config(self, model: str, served_model_name: str) -> EngineConfig:
-        """The engine configuration for serving `model` (a resolved directory, see
-        `deployments.demo_model.resolve_model`) under `served_model_name`."""
+    def engine_config(self, served_model_name: str) -> EngineConfig:
+        """The engine configuration for serving the model under `served_model_name`."""
         return EngineConfig(
-            model=model,
+            model=self.model,
+            home=self.home,
             served_model_name=served_model_name,
             max_model_len=self.max_model_len,
             engine_kwargs=self.engine_kwargs,
             stream_interval_ms=self.stream_interval_ms,
-            kv_store_spec=self.kv_store.spec(Path(self.home)) if self.kv_store.enabled else None,
+            kv_store=self.kv_store if self.kv_store.enabled else None,
         )

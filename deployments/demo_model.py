@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Optional
 
 # ChatML-style template; `add_generation_prompt` opens the assistant turn.
 CHAT_TEMPLATE = (
@@ -142,19 +143,28 @@ def build_demo_model(
     return out
 
 
-def resolve_model(config) -> tuple[str, str]:
-    """(model directory, served name) of a `ServeConfig`: its `model`, or the demo model, built
-    under the home directory on first use."""
+def local_model_dir(model: Optional[str], home: Optional[Path]) -> str:
+    """The model directory on this node: `model`, or the demo model, built under the node's
+    GreenCache home on first use (every node builds the same bytes: the build is seeded)."""
     from cache_store.local import HomeLayout
-    from deployments.config import DEMO_MODEL_NAME
+    from deployments.settings import settings
 
-    if config.model is None:
-        path = build_demo_model(HomeLayout(Path(config.home)).demo_model)
-        return str(path), config.served_model_name or DEMO_MODEL_NAME
-    path = Path(config.model).expanduser()
+    if model is None:
+        return str(build_demo_model(HomeLayout(Path(home or settings().home)).demo_model))
+    path = Path(model).expanduser()
     if not (path / "config.json").exists():
         raise ValueError(
             f"model directory {path} has no config.json; pass a local Hugging Face model "
             "directory, or omit --model to use the demo model"
         )
-    return str(path), config.served_model_name or path.name
+    return str(path)
+
+
+def resolve_model(config) -> tuple[str, str]:
+    """(model directory on this node, served name) of a `ServeConfig`."""
+    from deployments.config import DEMO_MODEL_NAME
+
+    path = local_model_dir(config.model, config.home)
+    if config.served_model_name:
+        return path, config.served_model_name
+    return path, DEMO_MODEL_NAME if config.model is None else Path(path).name

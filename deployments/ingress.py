@@ -15,7 +15,8 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, AsyncIterator
+from dataclasses import asdict, dataclass
+from typing import Any, AsyncIterator, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -61,11 +62,39 @@ async def _http_error_handler(request: Request, exc: StarletteHTTPException) -> 
     )
 
 
+@dataclass
+class LoadCounters:
+    """Cumulative counts this ingress replica publishes for the autoscaler (telemetry.py): it
+    derives the request rate, token mix and latencies of each interval from their differences."""
+
+    requests_total: int = 0  # generation requests accepted
+    finished: int = 0  # ... and answered whole (the sums below are over these)
+    prompt_tokens: int = 0
+    prompt_tokens_sq: float = 0.0  # Σ n²: prefill is quadratic in n (effective prompt length)
+    output_tokens: int = 0
+    ttft_s: float = 0.0
+    tpot_s: float = 0.0
+    tpot_count: int = 0  # requests with at least two tokens
+
+    def finished_request(self, prompt: int, output: int, ttft_s: Optional[float], tpot_s: Optional[float]) -> None:
+        self.finished += 1
+        self.prompt_tokens += prompt
+        self.prompt_tokens_sq += float(prompt) * prompt
+        self.output_tokens += output
+        self.ttft_s += ttft_s or 0.0
+        if tpot_s is not None:
+            self.tpot_s += tpot_s
+            self.tpot_count += 1
+
+
 class Generation:
     """One request's output as it arrives: text, token counts, latency metrics and usage."""
 
-    def __init__(self, metrics: ServingMetrics, model: str, endpoint: str, arrival: float, first: dict) -> None:
+    def __init__(self, metrics: ServingMetrics, model: str, endpoint: str, arrival: float, first: dict,
+                 counters: Optional[LoadCounters] = None) -> None:
         self.m, self.model, self.endpoint, self.arrival = metrics, model, endpoint, arrival
+        self.counters = counters
+        self._t_first: Optional[float] = None
         self.replica_id = first.get("replica_id", "")
         self.prompt_tokens = first.get("prompt_tokens", 0)
         self.text: list[str] = []
@@ -79,6 +108,7 @@ class Generation:
         k = chunk.get("num_tokens", 0)
         if k:
             if self._t_last is None:
+                self._t_first = now
                 self.m.ttft.labels(self.model).observe(now - self.arrival)
             else:
                 per = (now - self._t_last) / k
@@ -107,6 +137,10 @@ class Generation:
         m.generation_tokens.labels(self.model).inc(self.tokens)
         m.cached_tokens.labels(self.model).inc(self.cached)
         m.requests.labels(self.endpoint, status).inc()
+        if status == "200" and self.counters is not None:
+            ttft = None if self._t_first is None else self._t_first - self.arrival
+            tpot = (self._t_last - self._t_first) / (self.tokens - 1) if self.tokens > 1 and self._t_first else None
+            self.counters.finished_request(self.prompt_tokens, self.tokens, ttft, tpot)
 
 
 class OpenAIIngress:
@@ -115,8 +149,10 @@ class OpenAIIngress:
     def __init__(
         self,
         llm,  # DeploymentHandle to LLMReplica
+        autoscaler,  # DeploymentHandle to the carbon autoscaler, or None
         served_model_name: str,
-        model_path: str,
+        model: Optional[str],  # the model directory, or None for the demo model (resolved on this node)
+        home: Optional[str],
         max_model_len: int,
         api_keys: list[str],
         max_body_bytes: int,
@@ -133,28 +169,37 @@ class OpenAIIngress:
         # throughput 0.86 -> 1.0 of vLLM's own server on 2 cores (benchmarks/results/README.md).
         self.llm_stream = llm.options(stream=True, _by_reference=False)
         self.llm = llm
+        self.autoscaler = autoscaler
         self.model_name = served_model_name
         self.max_model_len = max_model_len
         self.api_keys = set(api_keys)
         self.max_body_bytes = max_body_bytes
         self.routing = RoutingConfig.model_validate(routing)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        from deployments.demo_model import local_model_dir
+
+        self.tokenizer = AutoTokenizer.from_pretrained(local_model_dir(model, home))
         self.vocab_size = len(self.tokenizer)
         self.created = int(time.time())
         self.metrics = ServingMetrics()
         self.store_metrics = StoreMetricsCollector(CarbonConfig.model_validate(carbon))
         self.metrics.registry.register(self.store_metrics)
-        self.requests_total = 0  # generation requests accepted (the autoscaler's load signal)
+        self.counters = LoadCounters()
         self._publisher = asyncio.get_event_loop().create_task(self._publish_load())
 
     async def _publish_load(self) -> None:
-        """Push the accepted-request count to the telemetry hub; the autoscaler derives the rate."""
+        """Push this replica's load counters to the telemetry hub (see `LoadCounters`)."""
+        from ray import serve
+
+        try:
+            key = f"{INGRESS_KEY}:{serve.get_replica_context().replica_id.unique_id}"
+        except Exception:  # constructed outside Serve
+            key = INGRESS_KEY
         hub = None
         while True:
             await asyncio.sleep(PUBLISH_EVERY_S)
             try:
                 hub = hub or get_or_create_hub()
-                hub.report.remote(INGRESS_KEY, {"time": time.time(), "requests_total": self.requests_total})
+                hub.report.remote(key, {"time": time.time(), **asdict(self.counters)})
             except Exception:
                 hub = None
 
@@ -267,11 +312,11 @@ class OpenAIIngress:
 
     async def _run(self, engine_req: dict, req, *, endpoint: str, renderer, arrival: float) -> Response:
         """Send `engine_req` to a replica and answer with the whole response or an SSE stream."""
-        self.requests_total += 1
+        self.counters.requests_total += 1
         gen = self.llm_stream.generate.remote(engine_req)
         it = gen.__aiter__()
         first = await self._first_chunk(gen, it, endpoint)
-        out = Generation(self.metrics, self.model_name, endpoint, arrival, first)
+        out = Generation(self.metrics, self.model_name, endpoint, arrival, first, self.counters)
         headers = {"x-greencache-replica": out.replica_id}
         if not req.stream:
             return await self._whole(it, first, out, renderer, headers)
@@ -359,6 +404,19 @@ class OpenAIIngress:
                          code="unhealthy").body(),
                 status_code=503,
             )
+
+    @app.get("/greencache/status")
+    async def status(self, request: Request) -> JSONResponse:
+        """The carbon autoscaler's last decision and totals (an operator's view; API key applies)."""
+        self._authenticate(request)
+        if self.autoscaler is None:
+            raise APIError(404, "this deployment runs without the carbon autoscaler", code="not_found")
+        try:
+            st = await asyncio.wait_for(self.autoscaler.status.remote(), timeout=10)
+        except Exception as e:
+            raise APIError(503, f"the autoscaler did not answer: {type(e).__name__}", type="server_error",
+                           code="unavailable") from None
+        return JSONResponse({"last": st["last"], "cycles": st["cycles"]})
 
     @app.get("/metrics")
     async def metrics(self) -> Response:

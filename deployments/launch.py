@@ -127,63 +127,109 @@ def _wait_http(url: str, timeout_s: float = 60.0) -> None:
 
 
 _owned_redis = None
+_attached_app: Optional[str] = None  # the app this process deployed onto a cluster it did not start
 # Redis needs memory beyond the stored bytes (keys, LRU index, allocator overhead).
 REDIS_MAXMEMORY_OVERHEAD = 1.25
 REDIS_MAXMEMORY_BASE_BYTES = 64 << 20
 
 
 def _maybe_start_owned_redis(config: ServeConfig) -> ServeConfig:
-    """`kv_store.redis_url == "local"`: start our own redis-server on a free loopback port with
+    """`kv_store.redis_url == "local"`: start our own redis-server on a free loopback port with a
+    random password (in a 0600 file under the home's `secrets/`, never on a command line),
     `maxmemory` (capacity + 25% for bookkeeping) and allkeys-lru as a backstop to the store's
     own limit; it is stopped with the deployment."""
     global _owned_redis
     if config.kv_store.redis_url != "local":
         return config
+    from cache_store.local import HomeLayout
     from cache_store.redis_server import RedisServer
 
     cap = config.kv_store.redis_capacity_bytes
-    _owned_redis = RedisServer(maxmemory_bytes=int(cap * REDIS_MAXMEMORY_OVERHEAD) + REDIS_MAXMEMORY_BASE_BYTES)
-    kv = config.kv_store.model_copy(update={"redis_url": _owned_redis.url})
+    _owned_redis = RedisServer(maxmemory_bytes=int(cap * REDIS_MAXMEMORY_OVERHEAD) + REDIS_MAXMEMORY_BASE_BYTES,
+                               password=True, secrets_dir=HomeLayout(config.home or settings().home).secrets)
+    kv = config.kv_store.model_copy(update={"redis_url": _owned_redis.url,
+                                            "redis_password_file": _owned_redis.password_file})
     logger.info("started redis-server for the KV store at %s", _owned_redis.url)
     return config.model_copy(update={"kv_store": kv})
 
 
-def start_serve(config: ServeConfig, *, autoscaling_config: Optional[dict] = None) -> str:
-    """Deploy the GreenCache app; returns the base URL once every replica is ready."""
+def _connect(config: ServeConfig, address: Optional[str]) -> int:
+    """Start a local Ray (address None) or connect to a running cluster; returns the port
+    Serve's HTTP proxy binds."""
+    if address is None:
+        env, proxy_port = _ingress_env(config)
+        if not start_local_ray(env=env) and config.direct_ingress:
+            raise RuntimeError(
+                "direct ingress needs GreenCache to start Ray (Serve reads its settings when Ray "
+                "starts); call stop_all() first, or set direct_ingress=False"
+            )
+        return proxy_port
+    if config.direct_ingress:
+        raise ValueError("direct ingress is configured when Ray starts; on a running cluster use "
+                         "direct_ingress=False (--no-direct-ingress): Serve's proxy on the head serves the port")
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=settings().ray_logs)
+    return config.port
+
+
+def deploy(config: ServeConfig, *, address: Optional[str] = None, app_name: Optional[str] = None,
+           autoscaling_config: Optional[dict] = None) -> str:
+    """Deploy the GreenCache app and return its base URL once it answers.
+
+    `address` None: on a Ray this process starts on loopback (the local demo, tests). Otherwise
+    on the running cluster at `address` ("auto" or "HOST:PORT"), through Serve's proxy on the
+    head node, which must be this machine for the readiness check."""
     from ray import serve
 
     from deployments.app import APP_NAME, build_app
 
-    config = _maybe_start_owned_redis(config)
-    env, proxy_port = _ingress_env(config)
-    if not start_local_ray(env=env) and config.direct_ingress:
-        raise RuntimeError(
-            "direct ingress needs GreenCache to start Ray (Serve reads its settings when Ray "
-            "starts); call stop_all() first, or set direct_ingress=False"
-        )
+    global _attached_app
+    app_name = app_name or APP_NAME
+    if address is None:
+        config = _maybe_start_owned_redis(config)
+    elif config.kv_store.redis_url == "local":
+        raise ValueError("redis_url 'local' starts a Redis beside a local Ray; on a cluster give the shared "
+                         "Redis's URL (e.g. redis://{head}:6380/0)")
+    proxy_port = _connect(config, address)
     # Serve's own INFO lines name the proxy's port ("ready at http://...:<proxy port>/"), which
     # with direct ingress is not where clients go; the caller prints the real endpoint.
     serve_log = logging.getLogger("ray.serve")
     level = serve_log.level
     serve_log.setLevel(max(level, logging.WARNING))
     try:
-        serve.start(http_options={"host": config.host, "port": proxy_port})
+        # One HTTP proxy, on the head, where the ingress runs (deployments/app.py); a proxy on
+        # every node would only add a hop, and a worker node's loss would cut its connections.
+        serve.start(http_options={"host": config.host, "port": proxy_port}, proxy_location="HeadOnly")
         t0 = time.monotonic()
-        serve.run(
-            build_app(config, autoscaling_config=autoscaling_config),
-            name=APP_NAME,
-            route_prefix="/",
-            blocking=False,
-        )
+        serve.run(build_app(config, app_name=app_name, autoscaling_config=autoscaling_config),
+                  name=app_name, route_prefix="/", blocking=False)
     finally:
         serve_log.setLevel(level)
-    _wait_http(f"http://{loopback_host(config.host)}:{config.port}")
+    port = config.port
+    if address is not None:
+        _attached_app = app_name
+        port = _running_http_port(port)
+    _wait_http(f"http://{loopback_host(config.host)}:{port}")
     logger.info("GreenCache ready in %.1fs", time.monotonic() - t0)
-    if config.autoscaler.enabled:
-        from autoscaler.actor import start_autoscaler
+    return f"http://{config.host}:{port}"
 
-        start_autoscaler(config.autoscaler, config.home)
-    return f"http://{config.host}:{config.port}"
+
+def _running_http_port(wanted: int) -> int:
+    """The port Serve's proxy really serves: on a cluster where Serve already runs (started by a
+    Serve config or an earlier deploy), its HTTP options stay as they were."""
+    from ray.serve.context import _get_global_client
+
+    port = int(_get_global_client().http_config.port)
+    if port != wanted:
+        logger.warning("Serve already serves HTTP on port %d on this cluster; port %d is ignored", port, wanted)
+    return port
+
+
+def start_serve(config: ServeConfig, *, autoscaling_config: Optional[dict] = None) -> str:
+    """Deploy on a local loopback Ray (see `deploy`)."""
+    return deploy(config, autoscaling_config=autoscaling_config)
 
 
 def _terminate(processes) -> None:
@@ -209,7 +255,8 @@ def stop_all(timeout_s: float = 60.0) -> None:
 
     Serve is asked first, so replicas run their destructors and stop their engines in order.
     If that hangs (e.g. a Ray daemon already died), Ray is shut down anyway and every process
-    this driver started (Ray daemons, workers, vLLM engine processes) is terminated.
+    this driver started (Ray daemons, workers, vLLM engine processes) is terminated. After a
+    `deploy` onto a running cluster, only the application is deleted.
     """
     import threading
 
@@ -228,13 +275,16 @@ def stop_all(timeout_s: float = 60.0) -> None:
         except Exception:  # Serve may not have started
             logger.debug("serve.shutdown failed", exc_info=True)
 
-    if ray.is_initialized():
-        try:  # stop planning first, so nothing resizes the app while it shuts down
-            from autoscaler.actor import get_autoscaler
-
-            ray.kill(get_autoscaler(), no_restart=True)
+    global _attached_app
+    if _attached_app is not None:  # a cluster we joined: remove our app, leave the cluster running
+        try:
+            serve.delete(_attached_app)
         except Exception:
-            pass
+            logger.warning("could not delete application %s", _attached_app, exc_info=True)
+        _attached_app = None
+        ray.shutdown()
+        return
+    if ray.is_initialized():
         t = threading.Thread(target=_serve_shutdown, daemon=True)
         t.start()
         t.join(timeout_s)

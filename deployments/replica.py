@@ -17,7 +17,8 @@ import logging
 import os
 import time
 import uuid
-from typing import Any, AsyncIterator
+from pathlib import Path
+from typing import Any, AsyncIterator, Optional
 
 from ray import serve
 
@@ -49,34 +50,46 @@ def _restore_engine_priority() -> None:
 class LLMReplica:
     """Serve deployment class; `deployments.app.build_app` wraps it with `serve.deployment`."""
 
-    def __init__(self, engine_config: dict[str, Any]):
+    def __init__(self, engine_config: dict[str, Any], app_name: str = "greencache"):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         from deployments.config import EngineConfig
 
         self.config = EngineConfig.model_validate(engine_config)
-        self.stats_dir = None
         try:
             self.replica_id = serve.get_replica_context().replica_id.unique_id
         except Exception:  # constructed outside Serve (unit use)
             self.replica_id = uuid.uuid4().hex[:8]
         _restore_engine_priority()
-        args = self.config.engine_args()
-        ktc = args.get("kv_transfer_config")
-        if ktc is not None:
-            # Each replica publishes its store stats in its own folder.
-            extra = dict(ktc["kv_connector_extra_config"])
-            if extra.get("stats_dir"):
-                extra["stats_dir"] = os.path.join(extra["stats_dir"], self.replica_id)
-                self.stats_dir = extra["stats_dir"]
-            args["kv_transfer_config"] = {**ktc, "kv_connector_extra_config": extra}
+        from deployments.demo_model import local_model_dir
+        from deployments.settings import settings
+
+        self.home = Path(self.config.home or settings().home)
+        self.stats_dir: Optional[str] = None
+        self.store_control = None
+        spec = self._start_store(app_name) if self.config.kv_store is not None else None
+        model_dir = local_model_dir(self.config.model, self.home)
         t0 = time.monotonic()
-        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.config.engine_args(model_dir, spec)))
         logger.info("replica %s: engine ready in %.1fs", self.replica_id, time.monotonic() - t0)
-        self._publisher = None
-        if self.stats_dir:
-            self._publisher = asyncio.get_event_loop().create_task(self._publish_store_stats())
+        self._tasks = []
+        if spec is not None:
+            loop = asyncio.get_event_loop()
+            self._tasks = [loop.create_task(self._publish_store_stats()), loop.create_task(self._follow_capacity())]
+
+    def _start_store(self, app_name: str) -> dict[str, Any]:
+        """Resolve the store for this node and set the node's disk capacity before the engine
+        (whose processes follow it) starts; returns the spec for the engine's connector."""
+        from deployments.settings import settings
+        from deployments.store_control import NodeStoreControl, node_spec
+
+        node = settings()
+        spec = node_spec(self.config.kv_store, node, self.config.served_model_name, self.home)
+        spec["stats_dir"] = self.stats_dir = os.path.join(spec["stats_dir"], self.replica_id)
+        disk = next((t for t in spec["tiers"] if t["kind"] == "disk"), None)
+        self.store_control = NodeStoreControl(self.config.kv_store, Path(disk["path"]) if disk else None, app_name)
+        return spec
 
     async def _publish_store_stats(self, every_s: float = 2.0) -> None:
         """Push this replica's store stats to the telemetry hub (for /metrics and the autoscaler)."""
@@ -91,6 +104,15 @@ class LLMReplica:
             except Exception:  # a missing hub must never hurt serving
                 hub = None
                 logger.debug("store stats publish failed", exc_info=True)
+
+    async def _follow_capacity(self, every_s: float = 1.0) -> None:
+        """Apply the autoscaler's published store capacity to this node (see store_control.py)."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await asyncio.to_thread(self.store_control.poll)
+            except Exception:  # the control plane must never hurt serving
+                logger.warning("applying the store capacity failed", exc_info=True)
 
     async def generate(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Stream generation for one request.

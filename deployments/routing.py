@@ -61,6 +61,7 @@ class PrefixAffinityRouter(RequestRouter):
         cfg = RoutingConfig.model_validate(routing)
         self._imbalance_threshold = cfg.imbalance_threshold
         self._table_size = cfg.table_size
+        self._prefix_affinity = cfg.prefix_affinity
         self._owner: "OrderedDict[str, str]" = OrderedDict()  # block hash -> replica unique_id
 
     @staticmethod
@@ -93,7 +94,7 @@ class PrefixAffinityRouter(RequestRouter):
         min_load = loads[ranked[0].replica_id.unique_id]
 
         owner_id = None
-        for h in reversed(self._hashes(pending_request)):
+        for h in reversed(self._hashes(pending_request) if self._prefix_affinity else []):
             rid = self._owner.get(h)
             if rid is not None and rid in by_id:
                 owner_id = rid

@@ -12,15 +12,22 @@ configuration (deployments/config.py, cache_store/config.py, autoscaler/config.p
 | `GREENCACHE_LOG_LEVEL` | the CLI's log level (default WARNING) |
 | `GREENCACHE_RAY_LOGS` | 1: show Ray workers' logs on the CLI's console (default 0) |
 | `GREENCACHE_ENGINE_NICE` | CPU priority of engine processes (default 0: normal) |
+| `GREENCACHE_KV_DISK_PATH` | this node's disk (NVMe) tier directory (default `<home>/kv-disk`) |
+| `GREENCACHE_REDIS_PASSWORD_FILE` | file holding the shared Redis tier's password on this node |
+| `GREENCACHE_REDIS_PASSWORD` | the password itself (read only by the process that connects) |
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+# The store reads the Redis password from this variable itself (never from configuration).
+REDIS_PASSWORD_ENV = "GREENCACHE_REDIS_PASSWORD"
 
 
 class Settings(BaseSettings):
@@ -33,6 +40,8 @@ class Settings(BaseSettings):
     log_level: str = Field("WARNING", description="Log level of the `greencache` command.")
     ray_logs: bool = Field(False, description="Show Ray workers' logs on the console of `greencache serve`.")
     engine_nice: int = Field(0, ge=-20, le=19, description="CPU niceness of engine processes (0 = normal priority).")
+    kv_disk_path: Optional[Path] = Field(None, description="This node's disk (NVMe) tier directory.")
+    redis_password_file: Optional[Path] = Field(None, description="File holding the Redis tier's password on this node.")
 
     @field_validator("api_keys", mode="before")
     @classmethod

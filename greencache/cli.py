@@ -67,9 +67,13 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     from cache_store.config import GB, KVStoreConfig
     from deployments.config import ServeConfig
 
+    p.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                   help="deploy onto this running Ray cluster instead of starting one (Serve's proxy on the head "
+                        "serves the port; Ctrl-C deletes the application, the cluster keeps running)")
     _flag(p, "--host", ServeConfig, "host")
     _flag(p, "--port", ServeConfig, "port", type=int)
     _flag(p, "--replicas", ServeConfig, "num_replicas", type=int)
+    _flag(p, "--max-replicas-per-node", ServeConfig, "max_replicas_per_node", type=int)
     _flag(p, "--model", ServeConfig, "model")
     _flag(p, "--served-model-name", ServeConfig, "served_model_name")
     _flag(p, "--max-model-len", ServeConfig, "max_model_len", type=int)
@@ -82,6 +86,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     _flag(p, "--kv-disk-gb", KVStoreConfig, "disk_capacity_bytes", scale=GB, unit=" GB", type=float)
     _flag(p, "--kv-memory-gb", KVStoreConfig, "memory_capacity_bytes", scale=GB, unit=" GB", type=float)
     _flag(p, "--kv-redis-url", KVStoreConfig, "redis_url")
+    _flag(p, "--kv-redis-password-file", KVStoreConfig, "redis_password_file")
     _flag(p, "--kv-redis-gb", KVStoreConfig, "redis_capacity_bytes", scale=GB, unit=" GB", type=float)
     _flag(p, "--kv-chunk-tokens", KVStoreConfig, "chunk_tokens", type=int)
     p.add_argument("--no-kv-store", action="store_true", help="serve without the shared KV store")
@@ -106,13 +111,14 @@ def _serve_config(args: argparse.Namespace):
         host=args.host,
         port=args.port,
         num_replicas=args.replicas,
+        max_replicas_per_node=args.max_replicas_per_node,
         model=args.model,
         served_model_name=args.served_model_name,
         max_model_len=args.max_model_len,
         engine_kwargs=dict(args.engine_arg),
         api_keys=list(args.api_key) + settings().api_keys,
         stream_interval_ms=args.stream_interval_ms,
-        direct_ingress=not args.no_direct_ingress,
+        direct_ingress=not (args.no_direct_ingress or args.address),
         kv_store=KVStoreConfig(
             enabled=not args.no_kv_store,
             chunk_tokens=args.kv_chunk_tokens,
@@ -120,6 +126,7 @@ def _serve_config(args: argparse.Namespace):
             disk_path=args.kv_disk_path,
             disk_capacity_bytes=int(args.kv_disk_gb * GB),
             redis_url=args.kv_redis_url,
+            redis_password_file=args.kv_redis_password_file,
             redis_capacity_bytes=int(args.kv_redis_gb * GB),
         ),
         autoscaler=AutoscalerConfig(
@@ -143,7 +150,7 @@ def _print_endpoint(url: str, name: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from deployments.demo_model import resolve_model
-    from deployments.launch import start_serve, stop_all
+    from deployments.launch import deploy, stop_all
 
     try:
         config = _serve_config(args)
@@ -159,7 +166,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     try:
-        url = start_serve(config)
+        url = deploy(config, address=args.address)
         # ray.init installs its own SIGTERM handler (which kills the driver abruptly);
         # ours must win so Serve and the engines shut down in order.
         signal.signal(signal.SIGINT, _on_signal)

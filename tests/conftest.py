@@ -1,8 +1,11 @@
-"""Shared fixtures: the demo model and one real GreenCache deployment per test session.
+"""Shared fixtures: the demo model, one real GreenCache deployment shared by the API tests, and
+the rule for who holds this test process's Ray connection.
 
 A Ray session with two vLLM replicas costs ~30 s here, so every API test shares one
 (`greencache_server`). It runs with an API key and small limits so the error paths are cheap
-to reach.
+to reach. This process can be connected to one Ray at a time: a fixture that needs its own
+(the autoscaler's deployment, the multi-node cluster) calls `hold_ray`, which first stops
+whatever held it; the shared server starts again, lazily, when a later test asks for it.
 """
 
 from __future__ import annotations
@@ -46,12 +49,41 @@ class Server:
     max_body_bytes: int
 
 
-@pytest.fixture(scope="session")
+_ray_holder: dict = {"name": None, "stop": None}
+
+
+def hold_ray(name: str, stop) -> None:
+    """Make `name` the holder of this process's Ray connection; `stop()` releases it later."""
+    if _ray_holder["name"] not in (None, name):
+        _ray_holder["stop"]()
+    _ray_holder.update(name=name, stop=stop)
+
+
+def release_ray(name: str) -> None:
+    if _ray_holder["name"] == name:
+        _ray_holder.update(name=None, stop=None)
+
+
+_shared: dict = {"server": None}
+
+
+def _stop_shared_server() -> None:
+    from deployments.launch import stop_all
+
+    _shared["server"] = None
+    stop_all()
+
+
+@pytest.fixture
 def greencache_server(demo_model, greencache_home):
+    """The shared deployment: 2 replicas, API key, small limits (started on first use)."""
+    if _shared["server"] is not None and _ray_holder["name"] == "shared-server":
+        return _shared["server"]
     from autoscaler.config import AutoscalerConfig
     from deployments.config import ServeConfig
-    from deployments.launch import start_serve, stop_all
+    from deployments.launch import start_serve
 
+    hold_ray("shared-server", _stop_shared_server)
     config = ServeConfig(
         autoscaler=AutoscalerConfig(enabled=False),  # fixed size: routing tests need 2 replicas
         model=str(demo_model),
@@ -64,10 +96,15 @@ def greencache_server(demo_model, greencache_home):
         home=greencache_home,
     )
     url = start_serve(config)
-    try:
-        yield Server(url, "greencache-demo", API_KEY, MAX_MODEL_LEN, MAX_BODY_BYTES)
-    finally:
-        stop_all()
+    _shared["server"] = Server(url, "greencache-demo", API_KEY, MAX_MODEL_LEN, MAX_BODY_BYTES)
+    return _shared["server"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_ray_at_exit():
+    yield
+    if _ray_holder["stop"] is not None:
+        _ray_holder["stop"]()
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ comparison is sensitive (a well-formed chunk with the wrong KV does change the o
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from benchmarks.kv_engine import KVEngine
 from cache_store.format import Namespace, chunk_keys, decode_chunk, encode_chunk
 from cache_store.redis_server import RedisServer
+from cache_store.tiers import DiskTier
 
 CHUNK = 256
 # bf16 noise: a hit prefills only the suffix, so matmul shapes (and rounding) differ from the
@@ -42,7 +42,7 @@ def _spec(disk: Path, redis_url: str | None, home: Path) -> dict:
     tiers = [{"kind": "disk", "path": str(disk), "capacity_bytes": 1 << 30}]
     if redis_url:
         tiers.append({"kind": "redis", "url": redis_url, "capacity_bytes": 1 << 30})
-    return {"chunk_tokens": CHUNK, "tiers": tiers, "control_path": str(home / "control.json")}
+    return {"chunk_tokens": CHUNK, "tiers": tiers}
 
 
 @pytest.fixture(scope="module")
@@ -188,9 +188,10 @@ def test_shrinking_disk_capacity_evicts_and_respects_limit(engines):
     disk = base / "diskA"
     chunk_bytes = max(p.stat().st_size for p in disk.glob("*.kv"))
     limit = 2 * chunk_bytes
-    (base / "a" / "control.json").write_text(json.dumps({"capacity_bytes": {"disk": limit}}))
-    time.sleep(1.2)  # control file is polled at most once a second
-    a.generate([prompt(300, 600)])
+    # what a replica does with a capacity decision: set it on the node's tier, from another process
+    DiskTier(disk, None).set_capacity(limit)
+    assert sum(p.stat().st_size for p in disk.glob("*.kv")) <= limit  # enforced at once
+    a.generate([prompt(300, 600)])  # the engine's processes follow the node's capacity
     used = sum(p.stat().st_size for p in disk.glob("*.kv"))
     assert used <= limit
     st = a.stats()["store"]["tiers"]["disk"]

@@ -7,7 +7,7 @@ import openai
 import pytest
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def client(greencache_server):
     return openai.OpenAI(base_url=greencache_server.url + "/v1", api_key=greencache_server.api_key)
 

@@ -9,8 +9,8 @@ import redis
 
 from cache_store.eviction import CostAwarePolicy, LRUPolicy
 from cache_store.redis_server import RedisServer
-from cache_store.control import ControlFile
-from cache_store.store import KVStore, build_store
+from cache_store.control import parse_capacities
+from cache_store.store import KVStore
 from cache_store.tiers import DiskTier, MemoryTier, RedisTier
 
 KB = 1024
@@ -33,7 +33,17 @@ def tier(request, tmp_path, redis_url):
 
 
 def _disk_bytes(path) -> int:
-    return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+    """Bytes of chunk files (the capacity counts those; the index and temporaries are not chunks)."""
+    return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(".kv"))
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
 
 
 def test_roundtrip_and_contains(tier):
@@ -78,11 +88,17 @@ def test_oversized_item_dropped(tier):
 def test_disk_index_rebuilt_on_restart(tmp_path):
     t = DiskTier(tmp_path / "d", 100 * KB)
     t.put_many(items(5))
-    (tmp_path / "d" / "stray.123.tmp").write_bytes(b"partial")
+    stray = tmp_path / "d" / f".ns_0009.kv.{_dead_pid()}.tmp"  # a writer that died mid-write
+    stray.write_bytes(b"partial")
+    live = tmp_path / "d" / f".ns_0010.kv.{os.getpid()}.tmp"  # a writer still running: keep
+    live.write_bytes(b"partial")
+    (tmp_path / "d" / "ns_0042.kv").write_bytes(b"y" * 10 * KB)  # a chunk file the index missed
+    os.unlink(tmp_path / "d" / "ns_0001.kv")  # an index row whose file is gone
     t2 = DiskTier(tmp_path / "d", 100 * KB)
     assert t2.stats()["chunks"] == 5 and t2.stats()["used_bytes"] == 50 * KB
+    assert t2.contains_many(["ns:0001", "ns:0042"]) == [False, True]
     assert t2.get_many(["ns:0004"])[0] == bytes([4]) * 10 * KB
-    assert not (tmp_path / "d" / "stray.123.tmp").exists()
+    assert not stray.exists() and live.exists()
     t3 = DiskTier(tmp_path / "d", 20 * KB)  # restart with a smaller limit evicts oldest
     assert t3.stats()["used_bytes"] <= 20 * KB
 
@@ -140,29 +156,32 @@ def test_store_prefix_spans_tiers_and_promotes(tmp_path, redis_url):
     assert s["capacity_gb_hours"]["memory"] > 0  # the capacity held so far (for the carbon ledger)
 
 
-def test_store_control_file_resizes(tmp_path):
-    import json
-
-    mem = MemoryTier(1000 * KB)
-    store = KVStore([mem])
-    ctl = tmp_path / "control.json"
-    store.control = ControlFile(ctl, store.set_capacity, poll_s=0)
-    store.put_many(items(20))
-    ctl.write_text(json.dumps({"capacity_bytes": {"memory": 50 * KB}}))
-    store.put_many(items(1, start=100))  # the data path polls the control file
-    assert mem.capacity_bytes == 50 * KB and mem.used_bytes <= 50 * KB
+@pytest.mark.parametrize("body", ["null", "[1, 2]", "1e400", '{"capacity_bytes": {"disk": -5}}',
+                                  '{"capacity_bytes": {"disk": "big"}}', '{"capacity_bytes": 7}', "{not json",
+                                  '{"capacity_bytes": {"disk": true}}', '{"capacity_bytes": {"disk": NaN}}'])
+def test_bad_capacity_message_is_rejected(body):
+    with pytest.raises(ValueError):
+        parse_capacities(body)
 
 
-@pytest.mark.parametrize("body", ["null", "[1, 2]", "1e400", '{"capacity_bytes": {"memory": -5}}',
-                                  '{"capacity_bytes": {"memory": "big"}}', '{"capacity_bytes": 7}', "{not json"])
-def test_bad_control_file_is_ignored(tmp_path, body, caplog):
-    mem = MemoryTier(1000 * KB)
-    ctl = tmp_path / "control.json"
-    ctl.write_text(body)
-    control = ControlFile(ctl, lambda name, cap: setattr(mem, "capacity_bytes", cap), poll_s=0)
-    control.poll(force=True)  # must not raise
-    assert mem.capacity_bytes == 1000 * KB
-    assert "ignoring store control file" in caplog.text
+def test_good_capacity_message_parses():
+    assert parse_capacities('{"capacity_bytes": {"disk": 5e9, "redis": 0}}') == {"disk": 5_000_000_000, "redis": 0}
+
+
+def test_control_reader_keeps_the_last_good_value(caplog):
+    from autoscaler.control_plane import PollingReader
+
+    answers = iter([{"disk": 1}, ValueError("garbage"), RuntimeError("GCS down"), None, {"disk": 2}])
+
+    def read():
+        a = next(answers)
+        if isinstance(a, Exception):
+            raise a
+        return a
+
+    r = PollingReader(read, every_s=0)
+    assert [r.get() for _ in range(5)] == [{"disk": 1}, {"disk": 1}, {"disk": 1}, {"disk": 1}, {"disk": 2}]
+    assert caplog.text.count("keeping the last good one") == 1  # one warning per episode
 
 
 def test_lru_and_cost_aware_order():
@@ -190,25 +209,6 @@ def test_cost_aware_tier_keeps_valuable_chunks(tmp_path):
     assert t.contains_many(["ns:a", "ns:b", "ns:c", "ns:d"]) == [False, True, True, True]
 
 
-def test_capacity_shrink_applies_without_traffic(tmp_path):
-    import json
-    import time
-
-    ctl = tmp_path / "control.json"
-    store = build_store({"tiers": [{"kind": "memory", "capacity_bytes": 1000 * KB}], "control_path": str(ctl),
-                         "control_poll_s": 0.1})
-    mem = store.tier("memory")
-    try:
-        store.put_many(items(20))
-        ctl.write_text(json.dumps({"capacity_bytes": {"memory": 40 * KB}}))
-        deadline = time.monotonic() + 5
-        while mem.used_bytes > 40 * KB and time.monotonic() < deadline:
-            time.sleep(0.05)  # no put or lookup: the control thread must apply it
-        assert mem.capacity_bytes == 40 * KB and mem.used_bytes <= 40 * KB
-    finally:
-        store.close()
-
-
 def test_owned_redis_has_maxmemory_backstop():
     server = RedisServer(maxmemory_bytes=64 << 20)
     try:
@@ -218,3 +218,35 @@ def test_owned_redis_has_maxmemory_backstop():
         assert r.config_get("save")["save"] == ""
     finally:
         server.stop()
+
+
+def _writer(path: str, start: int, n: int) -> None:
+    t = DiskTier(path, None)  # an engine process: follows the node's capacity
+    for i in range(start, start + n):
+        t.put_many([(f"ns:{i:04d}", bytes([i % 251]) * 10 * KB, i)])
+    t.close()
+
+
+def test_disk_tier_is_one_tier_per_node(tmp_path):
+    """Processes sharing a node's directory see each other's chunks and share one capacity."""
+    import multiprocessing as mp
+
+    d = tmp_path / "node-disk"
+    owner = DiskTier(d, 200 * KB)  # the replica sets the node's capacity
+    other = DiskTier(d, None)
+    owner.put_many(items(3))
+    assert other.contains_many(["ns:0000", "ns:0002"]) == [True, True]  # written by another process
+    assert other.get_many(["ns:0001"])[0] == bytes([1]) * 10 * KB
+    procs = [mp.get_context("spawn").Process(target=_writer, args=(str(d), 100 + 40 * k, 40)) for k in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert _disk_bytes(d) <= 200 * KB  # three writers, one limit
+    st = other.stats()
+    assert st["used_bytes"] == _disk_bytes(d) and st["chunks"] == 20  # the index describes the directory
+    owner.set_capacity(50 * KB)  # a capacity decision reaches every process's view at once
+    assert other.stats()["capacity_bytes"] == 50 * KB and _disk_bytes(d) <= 50 * KB
+    other.put_many(items(1, start=900))
+    assert _disk_bytes(d) <= 50 * KB

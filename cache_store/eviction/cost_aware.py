@@ -69,3 +69,10 @@ class CostAwarePolicy:
                 return key
             heapq.heappop(self._heap)  # stale entry
         return None
+
+    # The disk tier keeps its order in a shared index (tiers/disk.py): the same priority, with
+    # the inflation L kept in the index, lowest evicted first (and L set to the victim's).
+    shared_inflates = True
+
+    def shared_score(self, freq: int, chunk_index: int, size: int, inflation: float) -> float:
+        return inflation + freq * self.saved_prefill(chunk_index) / max(size, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from typing import Optional
 
@@ -23,3 +24,11 @@ class LRUPolicy:
 
     def victim(self) -> Optional[str]:
         return next(iter(self._order), None)
+
+    # The disk tier keeps its order in a shared index (tiers/disk.py): a chunk's score is the
+    # time of its last access, lowest evicted first.
+    shared_inflates = False
+
+    @staticmethod
+    def shared_score(freq: int, chunk_index: int, size: int, inflation: float) -> float:
+        return float(time.time_ns())

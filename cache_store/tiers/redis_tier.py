@@ -10,32 +10,68 @@ it is back under. Where GreenCache owns the server, also run it with `maxmemory`
 Failure semantics: every Redis error opens a circuit breaker for `retry_after_s`; while open,
 gets are misses and puts are dropped without touching the network, so a down Redis costs
 nothing per request. The next call after the pause tries again (redis-py reconnects).
+
+Secrets: the password never travels in the URL (which vLLM logs with its configuration). It is
+read, in the process that connects, from `password_file` or the environment variable named by
+`password_env`; logs and stats name the server by its redacted URL. `rediss://` URLs connect
+over TLS (`?ssl_ca_certs=/path/ca.pem` names the CA).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import os
 from typing import Optional, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 from cache_store.tiers.base import TierStats
 
 logger = logging.getLogger("greencache.store.redis")
 
 
+def redact_url(url: str) -> str:
+    """`url` without user info or query (which may carry a password or key paths)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def url_has_password(url: str) -> bool:
+    return urlsplit(url).password is not None
+
+
+def read_password(password_file: Optional[str] = None, password_env: Optional[str] = None) -> Optional[str]:
+    """The Redis password from a file (first line, trailing newline removed) or an environment
+    variable; None if neither is given or set."""
+    if password_file:
+        with open(os.path.expanduser(password_file)) as f:
+            return f.read().strip("\r\n")
+    if password_env and os.environ.get(password_env):
+        return os.environ[password_env]
+    return None
+
+
 class RedisTier:
     name = "redis"
 
     def __init__(self, url: str, capacity_bytes: int, *, prefix: str = "gc:", socket_timeout_s: float = 1.0,
-                 retry_after_s: float = 2.0) -> None:
+                 retry_after_s: float = 2.0, password_file: Optional[str] = None,
+                 password_env: Optional[str] = None) -> None:
         import redis
 
-        self.url = url
+        self.url = redact_url(url)  # what logs and stats may show
         self.capacity_bytes = int(capacity_bytes)
         self.prefix = prefix
         self.retry_after_s = retry_after_s
+        kwargs = {}
+        password = read_password(password_file, password_env)
+        if password is not None:
+            kwargs["password"] = password
         self.client = redis.Redis.from_url(url, socket_timeout=socket_timeout_s,
-                                           socket_connect_timeout=socket_timeout_s)
+                                           socket_connect_timeout=socket_timeout_s, **kwargs)
         self.s = TierStats()
         self._down_until = 0.0
         self.circuit_opens = 0
