@@ -7,8 +7,9 @@ prefix cache is off, so every reuse goes through GreenCache's store, and routing
 only, so the benchmark reaches a replica by asking until it answers.
 
 1. KV reuse, for each of `--prompts` fresh ~`--prompt-tokens`-token prompts: TTFT cold on node A;
-   then on node B (a cross-node hit: the chunks come from Redis); then on A's other replica (a
-   same-node hit: from A's disk tier). Greedy outputs must equal the cold one.
+   once its chunks are in Redis (saving runs after the answer; `save_to_redis_s`), on node B (a
+   cross-node hit: the chunks come from Redis); then on A's other replica (a same-node hit: from
+   A's disk tier). Greedy outputs must equal the cold one.
 2. Node loss: `--clients` closed-loop clients send greedy requests whose outputs were recorded
    before; after `--kill-after-s` node B is killed (no graceful shutdown) and a fresh node C
    joins. `recovery_s`: from the kill until the last failed request (0 if none failed);
@@ -32,6 +33,11 @@ import httpx
 from benchmarks.loadgen import stream_completion
 
 MODEL = "demo"
+# Pause before each timed request. Three engines share this machine's two cores, and after each
+# step a vLLM worker keeps polling its shared-memory queue for 1 s (busy_loop_s in vLLM's
+# shm_broadcast.SpinCondition): without the pause, a measured request competes with the spinning
+# of whichever engine ran last, which engines on separate machines never do.
+SETTLE_S = 1.5
 
 
 def _prompt(seed: int, n: int) -> list[int]:
@@ -41,6 +47,8 @@ def _prompt(seed: int, n: int) -> list[int]:
 
 def _ask(url: str, prompt: list[int], max_tokens: int = 4) -> tuple[str, float, str, int]:
     """(replica, TTFT s, text, cached prompt tokens) of one streamed greedy request."""
+    time.sleep(SETTLE_S)
+
     async def go():
         async with httpx.AsyncClient(timeout=300) as client:
             return await stream_completion(client, url, MODEL, prompt, max_tokens,
@@ -93,15 +101,32 @@ def _setup(args):
     return lc, redis_srv, url, by_node
 
 
-def measure_reuse(url: str, by_node: dict, args) -> dict:
-    cold, cross, same, identical = [], [], [], True
+def _chunks_in_redis(redis_srv) -> int:
+    r = redis_srv.client()
+    return sum(1 for k in r.scan_iter(count=1000) if not k.startswith(b"gc:"))
+
+
+def _wait_saved(redis_srv, want: int, timeout_s: float = 30.0) -> float:
+    """Seconds until Redis holds `want` chunks: saving runs behind the response, off the engine's
+    path, and a cross-node hit can only find what has landed."""
+    t0 = time.monotonic()
+    while _chunks_in_redis(redis_srv) < want and time.monotonic() - t0 < timeout_s:
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+def measure_reuse(url: str, by_node: dict, redis_srv, args) -> dict:
+    cold, cross, same, saved, identical = [], [], [], [], True
+    chunks = (args.prompt_tokens - 1) // 256
     for i in range(args.prompts):
         for k in range(40):  # a fresh prompt until its first (cold) answer comes from node A
+            before = _chunks_in_redis(redis_srv)
             p = _prompt(1000 * i + k, args.prompt_tokens)
             rid, t_cold, text, cached = _ask(url, p)
             if rid in by_node["a"]:
                 break
         assert cached == 0
+        saved.append(_wait_saved(redis_srv, before + chunks))
         _, t_cross, text_b, cached_b = _until(url, p, by_node["b"])
         other = by_node["a"] - {rid}
         _, t_same, text_a2, cached_a2 = _until(url, p, other)
@@ -113,7 +138,8 @@ def measure_reuse(url: str, by_node: dict, args) -> dict:
               f"same-node {t_same:.3f}s ({cached_a2} cached)", file=sys.stderr, flush=True)
     c, x, s = statistics.median(cold), statistics.median(cross), statistics.median(same)
     return {"ttft_cold_s": c, "ttft_cross_node_hit_s": x, "ttft_same_node_hit_s": s,
-            "speedup_cross_node": c / x, "speedup_same_node": c / s, "outputs_identical": identical}
+            "speedup_cross_node": c / x, "speedup_same_node": c / s, "outputs_identical": identical,
+            "chunks_per_prompt": chunks, "save_to_redis_s": statistics.median(saved)}
 
 
 def measure_node_loss(lc, url: str, args) -> dict:
@@ -166,6 +192,7 @@ def measure_node_loss(lc, url: str, args) -> dict:
 def _table(out: dict) -> str:
     rows = [("measure", "value"),
             ("TTFT cold (node A)", f"{out['ttft_cold_s']:.3f} s"),
+            ("chunks in Redis after the cold answer", f"{out['save_to_redis_s']:.2f} s"),
             ("TTFT cross-node hit (Redis)", f"{out['ttft_cross_node_hit_s']:.3f} s  ({out['speedup_cross_node']:.1f}x)"),
             ("TTFT same-node hit (disk)", f"{out['ttft_same_node_hit_s']:.3f} s  ({out['speedup_same_node']:.1f}x)"),
             ("outputs identical", str(out["outputs_identical"])),
@@ -183,7 +210,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--model", default=None, help="model directory (default: the demo model, built on each node)")
     p.add_argument("--prompt-tokens", type=int, default=4000)
-    p.add_argument("--prompts", type=int, default=3)
+    p.add_argument("--prompts", type=int, default=5)
     p.add_argument("--clients", type=int, default=3)
     p.add_argument("--load-s", type=float, default=45.0, help="length of the steady load (s)")
     p.add_argument("--kill-after-s", type=float, default=10.0, help="when node B is killed (s into the load)")
@@ -193,7 +220,7 @@ def main(argv=None) -> int:
     lc = redis_srv = None
     try:
         lc, redis_srv, url, by_node = _setup(args)
-        out = {**measure_reuse(url, by_node, args), **measure_node_loss(lc, url, args),
+        out = {**measure_reuse(url, by_node, redis_srv, args), **measure_node_loss(lc, url, args),
                "prompt_tokens": args.prompt_tokens, "prompts": args.prompts,
                "targets": {"speedup_min": 5.0, "wrong_outputs": 0, "recovery_s_max": 30.0}}
     finally:

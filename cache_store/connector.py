@@ -101,6 +101,16 @@ class _ReqState:
     load_upto: int = 0  # tokens [load_from, load_upto) come from the store
 
 
+def model_config_digest(hf_config: dict) -> str:
+    """A digest of the model's configuration, without where it was loaded from (`_name_or_path`
+    and other private keys), so the same model at different paths on different nodes has one
+    namespace and shares chunks."""
+    import hashlib
+
+    public = {k: v for k, v in hf_config.items() if not k.startswith("_")}
+    return hashlib.blake2b(json.dumps(public, sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
+
+
 def namespace_for(vllm_config: "VllmConfig", chunk_tokens: int, rank: int = 0) -> Namespace:
     mc = vllm_config.model_config
     pc = vllm_config.parallel_config
@@ -108,10 +118,7 @@ def namespace_for(vllm_config: "VllmConfig", chunk_tokens: int, rank: int = 0) -
     dtype = str(mc.dtype).replace("torch.", "") if cc.cache_dtype in (None, "auto") else str(cc.cache_dtype)
     model_id = vllm_config.kv_transfer_config.get_from_extra_config("namespace_model", None) or mc.model
     try:
-        cfg_hash = json.dumps(mc.hf_config.to_dict(), sort_keys=True, default=str)
-        import hashlib
-
-        model_id = f"{model_id}#{hashlib.blake2b(cfg_hash.encode(), digest_size=6).hexdigest()}"
+        model_id = f"{model_id}#{model_config_digest(mc.hf_config.to_dict())}"
     except Exception:
         pass
     return Namespace(

@@ -3,7 +3,9 @@
 - `lookup_prefix(keys)` → how many leading chunk keys are present in *some* tier. A prefix
   may span tiers (chunk 0 on disk, chunk 1 in Redis).
 - `get_many(keys)` reads each key from the first tier that has it and promotes hits into the
-  faster tiers above.
+  faster tiers above: inline, or with `promote_in_background` from a thread of its own, so a
+  load (which the engine waits for before prefill) does not also wait for the writes. Up to
+  `PROMOTE_QUEUE` batches wait; beyond that, promotions are dropped and counted.
 - `put_many(items)` writes through to every tier (each tier enforces its own capacity).
 - `invalidate(keys)` deletes a chunk everywhere (used when a value fails validation).
 - `set_capacity(tier, bytes)` changes a tier's limit while serving. The disk tier's capacity
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 import time
 from typing import Any, Optional, Sequence
 
@@ -25,11 +29,19 @@ from cache_store.sampling import AccessSampler
 
 logger = logging.getLogger("greencache.store")
 
+PROMOTE_QUEUE = 16  # batches of promotions waiting for the background thread
+
 
 class KVStore:
-    def __init__(self, tiers: Sequence[Any], sampler: Optional[AccessSampler] = None) -> None:
+    def __init__(self, tiers: Sequence[Any], sampler: Optional[AccessSampler] = None,
+                 promote_in_background: bool = False) -> None:
         self.tiers = list(tiers)
         self.sampler = sampler or AccessSampler()
+        self.dropped_promotions = 0
+        self._promotions: Optional[queue.Queue] = None
+        if promote_in_background:
+            self._promotions = queue.Queue(maxsize=PROMOTE_QUEUE)
+            threading.Thread(target=self._promote_loop, name="greencache-store-promote", daemon=True).start()
         self._gb_hours = {t.name: 0.0 for t in self.tiers}
         self._t_last = time.monotonic()
         self.lookups = 0
@@ -94,11 +106,38 @@ class KVStore:
                     out[i] = v
                     promote.append((keys[i], v, chunk_indices[i] if chunk_indices else 0))
             if promote and depth > 0:
-                for upper in self.tiers[:depth]:
-                    upper.put_many(promote)
+                self._promote(self.tiers[:depth], promote)
             missing = still
         self.load_s += time.perf_counter() - t0
         return out
+
+    def _promote(self, uppers: list, items: list) -> None:
+        if self._promotions is None:
+            for upper in uppers:
+                upper.put_many(items)
+            return
+        try:
+            self._promotions.put_nowait((uppers, items))
+        except queue.Full:
+            self.dropped_promotions += len(items)
+
+    def _promote_loop(self) -> None:
+        while True:
+            job = self._promotions.get()
+            if job is None:
+                return
+            uppers, items = job
+            for upper in uppers:
+                try:
+                    upper.put_many(items)
+                except Exception:  # a tier never raises for I/O, but a promotion must never kill this thread
+                    logger.exception("promotion into %s failed", getattr(upper, "name", upper))
+            self._promotions.task_done()
+
+    def flush(self) -> None:
+        """Wait until queued promotions are written (tests, shutdown)."""
+        if self._promotions is not None:
+            self._promotions.join()
 
     def put_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
         t0 = time.perf_counter()
@@ -121,10 +160,14 @@ class KVStore:
             "load_s": self.load_s,
             "save_s": self.save_s,
             "capacity_gb_hours": dict(self._gb_hours),
+            "dropped_promotions": self.dropped_promotions,
             "tiers": {t.name: t.stats() for t in self.tiers},
         }
 
     def close(self) -> None:
+        if self._promotions is not None:
+            self.flush()
+            self._promotions.put(None)
         for t in self.tiers:
             t.close()
 
@@ -158,4 +201,5 @@ def build_store(spec: dict) -> KVStore:
                                    password_file=t.get("password_file"), password_env=t.get("password_env")))
         else:
             raise ValueError(f"unknown tier kind {kind!r}; use memory, disk or redis")
-    return KVStore(tiers, AccessSampler(rate=float(spec.get("access_sample_rate", 0.25))))
+    return KVStore(tiers, AccessSampler(rate=float(spec.get("access_sample_rate", 0.25))),
+                   promote_in_background=bool(spec.get("promote_in_background", True)))

@@ -2,7 +2,7 @@
 
     greencache serve [--port P] [--replicas N] [--model DIR] [--engine-arg K=V ...]
     greencache status | plan | simulate | profile | demo-model DIR
-    greencache bench serve|store|kv-reuse|planner|replay [--json]
+    greencache bench serve|store|kv-reuse|planner|replay|cluster [--json]
 
 Flag defaults and units come from the configuration models (deployments/config.py,
 cache_store/config.py, autoscaler/config.py, autoscaler/simulator.py), so a default is written
@@ -33,6 +33,7 @@ BENCHMARKS = {
     "kv-reuse": "benchmarks.bench_kv_reuse",
     "planner": "benchmarks.bench_planner",
     "replay": "benchmarks.replay",
+    "cluster": "benchmarks.bench_cluster",
 }
 
 

@@ -137,6 +137,32 @@ def test_redis_down_is_a_miss_and_recovers():
     server.stop()
 
 
+def test_loads_do_not_wait_for_promotions(tmp_path):
+    """With background promotion a hit in a lower tier returns at once; the copy into the tiers
+    above lands later, and a full promotion queue drops copies instead of blocking."""
+    import time
+
+    class SlowTier(MemoryTier):
+        def put_many(self, items):
+            time.sleep(0.2)
+            super().put_many(items)
+
+    upper, lower = SlowTier(1000 * KB), MemoryTier(1000 * KB)
+    lower.put_many(items(4))
+    store = KVStore([upper, lower], promote_in_background=True)
+    keys = [k for k, _, _ in items(4)]
+    t0 = time.perf_counter()
+    assert all(v is not None for v in store.get_many(keys))
+    assert time.perf_counter() - t0 < 0.15
+    store.flush()
+    assert upper.contains_many(keys) == [True] * 4
+    for _ in range(30):  # far more batches than the queue holds, while the upper tier is slow
+        store.get_many(["ns:9999", keys[0]])
+        upper.delete_many([keys[0]])
+    assert store.stats()["dropped_promotions"] > 0
+    store.close()
+
+
 def test_store_prefix_spans_tiers_and_promotes(tmp_path, redis_url):
     mem, disk, red = MemoryTier(1000 * KB), DiskTier(tmp_path / "d", 1000 * KB), RedisTier(redis_url, 1000 * KB)
     store = KVStore([mem, disk, red])
