@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import statistics
 import sys
@@ -215,23 +214,25 @@ def main(argv=None) -> int:
     p.add_argument("--load-s", type=float, default=45.0, help="length of the steady load (s)")
     p.add_argument("--kill-after-s", type=float, default=10.0, help="when node B is killed (s into the load)")
     args = p.parse_args(argv)
+    from benchmarks.report import clean_stdout
     from deployments.launch import stop_all
 
     lc = redis_srv = None
-    try:
-        lc, redis_srv, url, by_node = _setup(args)
-        out = {**measure_reuse(url, by_node, redis_srv, args), **measure_node_loss(lc, url, args),
-               "prompt_tokens": args.prompt_tokens, "prompts": args.prompts,
-               "targets": {"speedup_min": 5.0, "wrong_outputs": 0, "recovery_s_max": 30.0}}
-    finally:
-        stop_all()
-        if lc is not None:
-            lc.shutdown()
-        if redis_srv is not None:
-            redis_srv.stop()
-    print(_table(out), file=sys.stderr)
-    if args.json:
-        print(json.dumps(out, indent=2))
+    with clean_stdout() as emit:
+        try:
+            lc, redis_srv, url, by_node = _setup(args)
+            out = {**measure_reuse(url, by_node, redis_srv, args), **measure_node_loss(lc, url, args),
+                   "prompt_tokens": args.prompt_tokens, "prompts": args.prompts,
+                   "targets": {"speedup_min": 5.0, "wrong_outputs": 0, "recovery_s_max": 30.0}}
+        finally:
+            stop_all()
+            if lc is not None:
+                lc.shutdown()
+            if redis_srv is not None:
+                redis_srv.stop()
+        print(_table(out), file=sys.stderr)
+        if args.json:
+            emit(out)
     return 0
 
 

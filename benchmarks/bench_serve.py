@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.loadgen import LoadResult, percentile, random_token_prompts, run_closed_loop
+from benchmarks.report import table
 from cache_store.local import free_port
 from deployments.settings import settings
 
@@ -58,11 +58,6 @@ def start_vllm_server(model: str, port: int, max_model_len: int, log_path: Path,
     ]
     log = open(log_path, "w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-
-def _table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -206,7 +201,7 @@ def _print_table(out: dict) -> None:
                      f"{out[f'ttft_p90_ms_{name}']:.1f}", str(out[f"failed_{name}"])))
     for name in ("greencache", "vllm"):
         rows.append((f"(c=1) {name}", "", f"{out[f'ttft_p50_ms_c1_{name}']:.1f}", "", ""))
-    print(_table(rows), file=sys.stderr)
+    print(table(rows), file=sys.stderr)
     print(f"throughput_ratio={out['throughput_ratio']:.3f} (target >= 0.9)  "
           f"TTFT p50 overhead={out['ttft_p50_overhead_ms']:.1f} ms (target <= 10)", file=sys.stderr)
     pr = out["paired_rounds"]
@@ -216,22 +211,18 @@ def _print_table(out: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    # Ray's C++ workers write log lines to file descriptor 1 (e.g. at shutdown), which would
-    # corrupt `--json` output: send fd 1 to stderr while Ray runs; JSON goes to the real stdout.
-    sys.stdout.flush()
-    real_stdout = os.dup(1)
-    os.dup2(2, 1)
     from transformers import AutoTokenizer
 
-    config = _greencache_config(args)
-    vocab = len(AutoTokenizer.from_pretrained(config.model))
-    rounds, merged, probe = _measure(args, config, config.model, vocab)
-    out = _result(args, config.model, rounds, merged, probe)
-    _print_table(out)
-    sys.stdout.flush()
-    if args.json:
-        with os.fdopen(real_stdout, "w") as f:
-            f.write(json.dumps(out, indent=2) + "\n")
+    from benchmarks.report import clean_stdout
+
+    with clean_stdout() as emit:  # Ray's C++ workers write log lines to fd 1 (e.g. at shutdown)
+        config = _greencache_config(args)
+        vocab = len(AutoTokenizer.from_pretrained(config.model))
+        rounds, merged, probe = _measure(args, config, config.model, vocab)
+        out = _result(args, config.model, rounds, merged, probe)
+        _print_table(out)
+        if args.json:
+            emit(out)
     return 0
 
 
