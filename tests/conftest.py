@@ -84,6 +84,11 @@ def greencache_server(demo_model, greencache_home):
     from deployments.launch import start_serve
 
     hold_ray("shared-server", _stop_shared_server)
+    # An earlier run's autoscaler left this node's disk tier at 0 bytes; this deployment has no
+    # autoscaler and must serve with its configured capacity (test_store_metrics_exposed).
+    from cache_store.tiers import DiskTier
+
+    DiskTier(greencache_home / "kv-disk", 0).close()
     config = ServeConfig(
         autoscaler=AutoscalerConfig(enabled=False),  # fixed size: routing tests need 2 replicas
         model=str(demo_model),

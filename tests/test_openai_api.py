@@ -135,7 +135,9 @@ def test_store_metrics_exposed(client, greencache_server):
             break
         time.sleep(1)
     assert saved >= 4, text[-2000:]
-    assert 'greencache_kv_tier_capacity_bytes{' in text and 'tier="disk"' in text
+    caps = {float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith("greencache_kv_tier_capacity_bytes{") and 'tier="disk"' in line}
+    assert caps == {4e9}  # the configured capacity, not what an earlier run left in the node's index
     assert "greencache_kv_lookup_chunks_total" in text
     assert "greencache_kv_embodied_carbon_kg_total" in text
 
