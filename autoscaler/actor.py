@@ -253,7 +253,7 @@ class CarbonAutoscaler:
                        "observed_rps": obs["request_rate_rps"], "overrides": dict(self.overrides),
                        "store": obs["store"], "current": {"replicas": observation.current_replicas,
                                                           "capacity_gb": observation.current_capacity_gb}},
-            "observation": observation.to_json(),
+            "observation": observation.summary(),
             "plan": d.details["plan"],
             "predicted": {"slot_operational_g": float(fp.operational_g), "slot_embodied_g": float(fp.embodied_g),
                           "rmin_for_choice": d.details["rmin_for_choice"], "slo_met": d.details["slo_met"]},

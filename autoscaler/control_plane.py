@@ -83,6 +83,19 @@ def read_capacities(app: str) -> Optional[dict[str, int]]:
     return None if raw is None else parse_capacities(raw.decode())
 
 
+def deployment_secret(app: str) -> bytes:
+    """The application's KV MAC key: made by whichever replica asks first (put-if-absent in the
+    GCS), the same for every replica on every node, gone with the cluster."""
+    import secrets
+
+    _gcs().internal_kv_put(_key(app, "kv_mac_key"), secrets.token_hex(32).encode(), False, KV_NAMESPACE.encode(),
+                           timeout=GCS_TIMEOUT_S)
+    value = _get(app, "kv_mac_key")
+    if not value:
+        raise RuntimeError("the KV MAC key could not be read back from Ray's KV")
+    return value
+
+
 def clear(app: str) -> None:
     """Forget every decision published for `app` (a new deployment starts from its config)."""
     gcs = _gcs()

@@ -56,6 +56,17 @@ class Observation:
         d["trace_time"] = self.trace_time.isoformat()
         return d
 
+    def summary(self) -> dict:
+        """`to_json` without the access sample (thousands of ids): its size and a digest instead,
+        for decision logs that must stay small."""
+        import hashlib
+
+        d = self.to_json()
+        sample = d.pop("access_sample")
+        d["access_sample_size"] = len(sample)
+        d["access_sample_digest"] = hashlib.blake2b("\n".join(map(str, sample)).encode(), digest_size=8).hexdigest()
+        return d
+
     @classmethod
     def from_json(cls, d: dict) -> "Observation":
         d = dict(d)

@@ -24,6 +24,13 @@ class KVEngine:
         # The engine runs in this subprocess itself (no EngineCore child), so the connector
         # instances can be inspected in `_serve`.
         env = dict(os.environ, **engine_env(), VLLM_ENABLE_V1_MULTIPROCESSING="0")
+        if not spec.get("mac_key_file"):  # a key of its own: engines that share chunks must share one
+            import tempfile
+
+            from cache_store.keys import ensure_mac_key
+
+            spec = {**spec, "mac_key_file": str(ensure_mac_key(Path(tempfile.mkdtemp()) / "kv-mac.key"))}
+        self.spec = spec
         args = {"model": model, "spec": spec, "max_model_len": max_model_len, "namespace_model": namespace_model}
         self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.kv_engine", json.dumps(args)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,

@@ -37,6 +37,9 @@ class KVStoreConfig(BaseModel):
                                                 "every node; default: each node's GREENCACHE_REDIS_PASSWORD_FILE or "
                                                 "GREENCACHE_REDIS_PASSWORD.")
     redis_capacity_bytes: int = Field(1 * GB, ge=0, description="Redis tier limit enforced by the store (bytes).")
+    mac_key_file: Optional[Path] = Field(None, description="File holding the secret chunks are MAC'd with, at this "
+                                         "path on every node; default: each node's GREENCACHE_KV_MAC_KEY_FILE, else a "
+                                         "key the deployment keeps in Ray.")
     eviction: Literal["lru", "cost-aware"] = Field("lru", description="Eviction order of the memory and disk tiers.")
 
     @field_validator("redis_url")
@@ -52,7 +55,7 @@ class KVStoreConfig(BaseModel):
 
     def spec(self, home: Path, *, node_disk_path: Optional[Path] = None, node_managed_disk: bool = False,
              redis_url: Optional[str] = None, password_file: Optional[str] = None,
-             password_env: Optional[str] = None) -> dict[str, Any]:
+             password_env: Optional[str] = None, mac_key_file: Optional[str] = None) -> dict[str, Any]:
         """The plain dict passed to the connector (`cache_store.store.build_store`), resolved for
         one node: its home, its disk directory, the Redis address and where the password is.
         `node_managed_disk`: the disk tier follows the capacity stored in the node's index
@@ -70,7 +73,8 @@ class KVStoreConfig(BaseModel):
             tiers.append({"kind": "redis", "url": url, "capacity_bytes": self.redis_capacity_bytes,
                           "password_file": str(self.redis_password_file or password_file or "") or None,
                           "password_env": password_env})
-        return {"chunk_tokens": self.chunk_tokens, "tiers": tiers, "stats_dir": str(layout.kv_stats)}
+        return {"chunk_tokens": self.chunk_tokens, "tiers": tiers, "stats_dir": str(layout.kv_stats),
+                "mac_key_file": str(self.mac_key_file or mac_key_file or "") or None}
 
     def disk_path_on(self, home: Path, node_disk_path: Optional[Path] = None) -> Optional[Path]:
         """The disk tier's directory on a node (None: no disk tier)."""

@@ -50,6 +50,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 
 from cache_store.format import ChunkError, Namespace, chunk_keys, decode_chunk, encode_chunk
+from cache_store.keys import read_mac_key, weights_fingerprint
 from cache_store.local import atomic_write_text, private_dir
 from cache_store.store import KVStore, build_store
 
@@ -116,12 +117,15 @@ def namespace_for(vllm_config: "VllmConfig", chunk_tokens: int, rank: int = 0) -
     pc = vllm_config.parallel_config
     cc = vllm_config.cache_config
     dtype = str(mc.dtype).replace("torch.", "") if cc.cache_dtype in (None, "auto") else str(cc.cache_dtype)
-    model_id = vllm_config.kv_transfer_config.get_from_extra_config("namespace_model", None) or mc.model
+    extra = vllm_config.kv_transfer_config
+    model_id = extra.get_from_extra_config("namespace_model", None) or mc.model
+    weights = extra.get_from_extra_config("weights_fingerprint", None) or weights_fingerprint(mc.model)
     try:
         model_id = f"{model_id}#{model_config_digest(mc.hf_config.to_dict())}"
     except Exception:
         pass
     return Namespace(
+        weights=weights,
         model=model_id,
         dtype=dtype,
         num_layers=mc.get_num_layers(pc),
@@ -156,6 +160,10 @@ class GreenCacheConnector(KVConnectorBase_V1):
             except Exception:
                 rank = 0
         self.ns = namespace_for(vllm_config, self.chunk_tokens, rank)
+        if not extra.get("mac_key_file"):
+            raise ValueError("the KV store spec names no mac_key_file: chunks must be MAC'd with the deployment's "
+                             "secret (cache_store/keys.py)")
+        self.mac_key = read_mac_key(extra["mac_key_file"])
         self.store: KVStore = build_store(extra)
         self.stats_path = Path(extra["stats_dir"]) / f"stats-{role.name.lower()}-{os.getpid()}.json" \
             if extra.get("stats_dir") else None
@@ -306,7 +314,8 @@ class GreenCacheConnector(KVConnectorBase_V1):
                 try:
                     if value is None:
                         raise ChunkError("missing (evicted or tier down since lookup)")
-                    vdtype, vshape, payload = decode_chunk(self.ns, key, value, expect_shape=shape, expect_dtype=dtype)
+                    vdtype, vshape, payload = decode_chunk(self.ns, key, value, expect_shape=shape, expect_dtype=dtype,
+                                                               mac_key=self.mac_key)
                     t = torch.frombuffer(bytearray(payload), dtype=torch.uint8).view(first.dtype).view(vshape)
                 except (ChunkError, RuntimeError, ValueError) as e:
                     logger.warning("chunk %s unusable (%s): recomputing", key, e)
@@ -380,7 +389,8 @@ class GreenCacheConnector(KVConnectorBase_V1):
             for key, idx, t in batch:
                 t = t.contiguous()
                 payload = t.view(torch.uint8).numpy().tobytes()
-                items.append((key, encode_chunk(self.ns, key, str(t.dtype).replace("torch.", ""), tuple(t.shape), payload), idx))
+                items.append((key, encode_chunk(self.ns, key, str(t.dtype).replace("torch.", ""), tuple(t.shape), payload,
+                                                mac_key=self.mac_key), idx))
             try:
                 self.store.put_many(items)
                 self.saved_chunks += len(items)

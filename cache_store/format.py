@@ -1,34 +1,41 @@
 """KV chunk keys and the on-store value format.
 
 Key = `<namespace>:<chain hash>` where `h_i = H(h_{i-1} ‖ token ids of chunk i)`. The namespace
-hashes everything that makes KV bytes mean something (model, dtype, layers, KV heads, head
-size, block size, chunk size, parallel rank, format version), so one model's KV can never be
-loaded into another: a different namespace is simply a different key.
+hashes everything that makes KV bytes mean something (model identity, a fingerprint of its
+weights, dtype, layers, KV heads, head size, block size, chunk size, parallel rank, format
+version), so one model's KV can never be loaded into another, nor a changed checkpoint's into
+the new one: a different namespace is simply a different key.
 
 Value = fixed header + shape + raw tensor bytes:
 
     magic "GCKV" | version u16 | dtype u8 | ndim u8 | namespace digest 16B | key digest 16B
-    | payload length u64 | crc32 of payload u32 | shape: ndim × u32 | payload
+    | payload length u64 | MAC 16B | shape: ndim × u32 | payload
 
-The header repeats the namespace and key digests so a value written under one key and found
-under another (a foreign or misplaced chunk) is rejected, and the CRC catches corruption and
-truncation. Nothing is pickled: a shared Redis must never be able to run code in a replica.
-`decode_chunk` raises `ChunkError` for any mismatch; callers treat that as a miss.
+MAC = HMAC-SHA256(deployment secret, every header field before it ‖ shape ‖ payload), first 16
+bytes. The secret lives outside the store (a file only the deployment's processes read), so
+whoever can write to the Redis or a disk directory but lacks the secret cannot make an engine
+load KV of their choosing: a forged, corrupt, truncated or foreign value fails the check. The
+header repeats the namespace and key digests so a value written under one key and found under
+another is rejected too. Nothing is pickled: a shared Redis must never be able to run code in a
+replica. `decode_chunk` raises `ChunkError` for any mismatch; callers treat that as a miss.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import struct
-import zlib
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 MAGIC = b"GCKV"
-FORMAT_VERSION = 1
-_HEADER = struct.Struct("<4sHBB16s16sQI")
+FORMAT_VERSION = 2  # 1: CRC32 instead of the MAC
+_PREFIX = struct.Struct("<4sHBB16s16sQ")  # everything before the MAC
+MAC_BYTES = 16
+_HEADER_SIZE = _PREFIX.size + MAC_BYTES
+MIN_MAC_KEY_BYTES = 16
 
 # Stable codes; never renumber.
 DTYPE_CODES = {"bfloat16": 1, "float16": 2, "float32": 3, "float8_e4m3fn": 4, "uint8": 5}
@@ -51,11 +58,12 @@ class Namespace:
     block_size: int
     chunk_tokens: int
     rank: int = 0
+    weights: str = ""  # fingerprint of the weight files (keys.py: weights_fingerprint)
 
     @property
     def id(self) -> str:
         spec = (
-            f"v{FORMAT_VERSION}|{self.model}|{self.dtype}|L{self.num_layers}|H{self.num_kv_heads}|"
+            f"v{FORMAT_VERSION}|{self.model}|W{self.weights}|{self.dtype}|L{self.num_layers}|H{self.num_kv_heads}|"
             f"D{self.head_size}|B{self.block_size}|C{self.chunk_tokens}|R{self.rank}"
         )
         return hashlib.blake2b(spec.encode(), digest_size=8).hexdigest()
@@ -85,44 +93,56 @@ def _key_digest(key: str) -> bytes:
     return hashlib.blake2b(key.encode(), digest_size=16).digest()
 
 
-def encode_chunk(namespace: Namespace, key: str, dtype: str, shape: Sequence[int], payload: bytes) -> bytes:
-    """Header + payload. `payload` is the tensor's raw bytes in C order."""
+def _mac(mac_key: bytes, prefix: bytes, shape_bytes: bytes, payload) -> bytes:
+    if len(mac_key) < MIN_MAC_KEY_BYTES:
+        raise ValueError(f"the chunk MAC key must be at least {MIN_MAC_KEY_BYTES} bytes")
+    m = hmac.new(mac_key, prefix, "sha256")
+    m.update(shape_bytes)
+    m.update(payload)
+    return m.digest()[:MAC_BYTES]
+
+
+def encode_chunk(namespace: Namespace, key: str, dtype: str, shape: Sequence[int], payload: bytes, *,
+                 mac_key: bytes) -> bytes:
+    """Header + payload. `payload` is the tensor's raw bytes in C order; `mac_key` the
+    deployment's secret."""
     if dtype not in DTYPE_CODES:
         raise ValueError(f"unsupported dtype {dtype!r}; known: {sorted(DTYPE_CODES)}")
-    header = _HEADER.pack(
-        MAGIC, FORMAT_VERSION, DTYPE_CODES[dtype], len(shape), namespace.digest, _key_digest(key),
-        len(payload), zlib.crc32(payload) & 0xFFFFFFFF,
-    )
-    return header + struct.pack(f"<{len(shape)}I", *shape) + payload
+    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, DTYPE_CODES[dtype], len(shape), namespace.digest, _key_digest(key),
+                          len(payload))
+    shape_bytes = struct.pack(f"<{len(shape)}I", *shape)
+    return prefix + _mac(mac_key, prefix, shape_bytes, payload) + shape_bytes + payload
 
 
 def decode_chunk(namespace: Namespace, key: str, value: bytes, expect_shape: Sequence[int] | None = None,
-                 expect_dtype: str | None = None) -> tuple[str, tuple[int, ...], memoryview]:
+                 expect_dtype: str | None = None, *, mac_key: bytes) -> tuple[str, tuple[int, ...], memoryview]:
     """Validate `value` as the chunk stored under `key`; return (dtype, shape, payload view)."""
-    if len(value) < _HEADER.size:
+    if len(value) < _HEADER_SIZE:
         raise ChunkError(f"truncated header ({len(value)} bytes)")
-    magic, version, dcode, ndim, ns_digest, key_digest, plen, crc = _HEADER.unpack_from(value, 0)
+    magic, version, dcode, ndim, ns_digest, key_digest, plen = _PREFIX.unpack_from(value, 0)
     if magic != MAGIC:
         raise ChunkError("bad magic: not a GreenCache chunk")
     if version != FORMAT_VERSION:
         raise ChunkError(f"format version {version}, expected {FORMAT_VERSION}")
     if ns_digest != namespace.digest:
-        raise ChunkError("chunk belongs to another namespace (model/dtype/shape)")
+        raise ChunkError("chunk belongs to another namespace (model/weights/dtype/shape)")
     if key_digest != _key_digest(key):
         raise ChunkError("chunk was stored under another key")
-    dtype = CODE_DTYPES.get(dcode)
-    if dtype is None:
-        raise ChunkError(f"unknown dtype code {dcode}")
-    off = _HEADER.size
+    off = _HEADER_SIZE
     if len(value) < off + 4 * ndim:
         raise ChunkError("truncated shape")
-    shape = struct.unpack_from(f"<{ndim}I", value, off)
+    shape_bytes = bytes(value[off:off + 4 * ndim])
+    shape = struct.unpack(f"<{ndim}I", shape_bytes)
     off += 4 * ndim
     payload = memoryview(value)[off:]
     if len(payload) != plen:
         raise ChunkError(f"payload is {len(payload)} bytes, header says {plen}")
-    if zlib.crc32(payload) & 0xFFFFFFFF != crc:
-        raise ChunkError("checksum mismatch")
+    expected = _mac(mac_key, bytes(value[:_PREFIX.size]), shape_bytes, payload)
+    if not hmac.compare_digest(expected, bytes(value[_PREFIX.size:_HEADER_SIZE])):
+        raise ChunkError("MAC mismatch: corrupt, or not written with this deployment's secret")
+    dtype = CODE_DTYPES.get(dcode)
+    if dtype is None:
+        raise ChunkError(f"unknown dtype code {dcode}")
     if expect_shape is not None and tuple(expect_shape) != tuple(shape):
         raise ChunkError(f"shape {shape}, expected {tuple(expect_shape)}")
     if expect_dtype is not None and expect_dtype != dtype:

@@ -147,6 +147,7 @@ def build_app(config: ServeConfig, *, app_name: str = APP_NAME, autoscaling_conf
         config.max_body_bytes,
         config.routing.model_dump(),
         config.autoscaler.carbon.model_dump(),
+        config.max_queued_requests,
     )
 
 

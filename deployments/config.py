@@ -139,7 +139,11 @@ class ServeConfig(BaseModel):
         default_factory=list,
         description="Accepted bearer tokens; empty means no authentication.",
     )
+    allow_unauthenticated: bool = Field(
+        False, description="Serve without API keys on an address other than loopback (otherwise refused).")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body accepted (bytes).")
+    max_queued_requests: int = Field(256, ge=1, description="Generation requests the ingress holds at once; beyond "
+                                     "that clients get 429 with Retry-After (requests).")
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     kv_store: KVStoreConfig = Field(default_factory=KVStoreConfig)
     autoscaler: AutoscalerConfig = Field(default_factory=AutoscalerConfig)
@@ -152,6 +156,15 @@ class ServeConfig(BaseModel):
         if not v:
             raise ValueError("host must not be empty; use 127.0.0.1 for local-only serving")
         return v
+
+    @model_validator(mode="after")
+    def _no_open_door(self) -> "ServeConfig":
+        if self.host not in ("127.0.0.1", "localhost", "::1") and not self.api_keys and not self.allow_unauthenticated:
+            raise ValueError(
+                f"host {self.host!r} exposes the API beyond this machine, and no API key is set: give keys "
+                "(--api-key or GREENCACHE_API_KEYS) or say --allow-unauthenticated"
+            )
+        return self
 
     @model_validator(mode="after")
     def _replica_bounds(self) -> "ServeConfig":

@@ -1,36 +1,43 @@
 """OpenAI-compatible HTTP ingress (a Ray Serve FastAPI deployment).
 
-Owns everything between HTTP and token ids: authentication, body limits, request validation,
-chat templates and tokenization, context-window checks, prefix hashing for routing, SSE
+Owns everything between HTTP and token ids: authentication, admission and body limits
+(http_guard.py), request validation (the models in protocol.py are the endpoints' body types,
+so `/openapi.json` documents them), chat templates and tokenization (off the event loop, after
+a length check that needs no tokenizer), context-window checks, prefix hashing for routing, SSE
 streaming, usage accounting and Prometheus metrics. LLM replicas see only token ids.
 
-Every client error is an OpenAI-style error body with a 4xx status (see protocol.APIError);
-server faults are 500 with the same shape. The ingress never lets one bad request affect
-others: all state it keeps is per request, except metrics and the router's prefix table.
+Every client error is an OpenAI-style error body with a 4xx status naming the field; a 5xx is
+only ever the server's own fault, with a generic message and the request id (the details go
+to the log). The ingress never lets one bad request affect others: all state it keeps is per
+request, except metrics, the admission count and the router's prefix table.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from typing import Any, AsyncIterator, Optional
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from autoscaler.carbon import CarbonConfig
 from autoscaler.telemetry import INGRESS_KEY, get_or_create_hub
+from deployments import http_guard
 from deployments.config import RoutingConfig
 from deployments.metrics import ServingMetrics, StoreMetricsCollector
 from deployments.protocol import (
     APIError,
     ChatCompletionRequest,
     CompletionRequest,
-    parse_request,
+    ErrorResponse,
+    api_error_from_validation,
 )
 from deployments.responses import SSE_DONE, ChatRenderer, CompletionRenderer, sse
 from deployments.routing import prefix_block_hashes
@@ -38,20 +45,47 @@ from deployments.routing import prefix_block_hashes
 logger = logging.getLogger("greencache.ingress")
 
 app = FastAPI(title="GreenCache OpenAI-compatible API")
+app.add_middleware(http_guard.RequestGuard)
 PUBLISH_EVERY_S = 2.0  # how often the ingress's request count goes to the telemetry hub
+BODY_MODELS = {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatCompletionRequest}
+_ERR = {"model": ErrorResponse}
+ERROR_RESPONSES = {400: {**_ERR, "description": "Invalid request: the message names the field"},
+                   401: {**_ERR, "description": "Missing or wrong API key"},
+                   404: {**_ERR, "description": "Unknown model"},
+                   413: {**_ERR, "description": "Request body too large"},
+                   429: {**_ERR, "description": "Too many requests waiting: retry after the Retry-After header"},
+                   500: {**_ERR, "description": "Server fault (the message carries the request id)"},
+                   503: {**_ERR, "description": "No healthy replica"}}
+_metrics: dict = {"serving": None}  # the ingress's ServingMetrics, for errors answered outside an endpoint
+
+
+def _count(path: str, status: int) -> None:
+    m = _metrics["serving"]
+    if m is not None and path in BODY_MODELS:
+        m.requests.labels(path, str(status)).inc()
 
 
 def _error_response(err: APIError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers or None)
 
 
-def _server_error(e: BaseException) -> APIError:
-    return APIError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error", code="internal_error")
+def _server_error(e: BaseException, request_id: str) -> APIError:
+    """A 5xx for the client: what happened stays in the log, under the request id."""
+    logger.error("request %s failed: %s: %s", request_id, type(e).__name__, e, exc_info=e)
+    return APIError(500, f"The server failed while generating (request id {request_id}).", type="server_error",
+                    code="internal_error")
 
 
 @app.exception_handler(APIError)
 async def _api_error_handler(request: Request, exc: APIError) -> JSONResponse:
     return _error_response(exc)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    err = api_error_from_validation(list(exc.errors()), BODY_MODELS.get(request.url.path, CompletionRequest))
+    _count(request.url.path, err.status)
+    return _error_response(err)
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -60,6 +94,27 @@ async def _http_error_handler(request: Request, exc: StarletteHTTPException) -> 
     return _error_response(
         APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=code)
     )
+
+
+@app.exception_handler(Exception)
+async def _unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    err = _server_error(exc, uuid.uuid4().hex)
+    _count(request.url.path, 500)
+    return _error_response(err)
+
+
+def _openapi() -> dict:
+    """The schema FastAPI generates, without its 422 (GreenCache answers validation with 400)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version="1", routes=app.routes)
+        for path in schema.get("paths", {}).values():
+            for op in path.values():
+                op.get("responses", {}).pop("422", None)
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+app.openapi = _openapi
 
 
 @dataclass
@@ -158,6 +213,7 @@ class OpenAIIngress:
         max_body_bytes: int,
         routing: dict[str, Any],
         carbon: dict[str, Any],
+        max_queued_requests: int = 256,
     ):
         from transformers import AutoTokenizer
 
@@ -172,15 +228,17 @@ class OpenAIIngress:
         self.autoscaler = autoscaler
         self.model_name = served_model_name
         self.max_model_len = max_model_len
-        self.api_keys = set(api_keys)
-        self.max_body_bytes = max_body_bytes
         self.routing = RoutingConfig.model_validate(routing)
         from deployments.demo_model import local_model_dir
 
         self.tokenizer = AutoTokenizer.from_pretrained(local_model_dir(model, home))
         self.vocab_size = len(self.tokenizer)
+        self.max_token_chars = _max_token_chars(self.tokenizer)
         self.created = int(time.time())
         self.metrics = ServingMetrics()
+        _metrics["serving"] = self.metrics
+        http_guard.configure(http_guard.GuardConfig(api_keys=list(api_keys), max_body_bytes=max_body_bytes,
+                                                    max_queued_requests=max_queued_requests, on_refusal=_count))
         self.store_metrics = StoreMetricsCollector(CarbonConfig.model_validate(carbon))
         self.metrics.registry.register(self.store_metrics)
         self.counters = LoadCounters()
@@ -205,47 +263,6 @@ class OpenAIIngress:
 
     # ---- request preamble ---------------------------------------------------------------
 
-    def _authenticate(self, request: Request) -> None:
-        if not self.api_keys:
-            return
-        auth = request.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or token.strip() not in self.api_keys:
-            raise APIError(
-                401,
-                "Incorrect or missing API key. Send 'Authorization: Bearer <key>'.",
-                code="invalid_api_key",
-            )
-
-    async def _read_json(self, request: Request) -> Any:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise APIError(
-                413,
-                f"request body of {declared} bytes exceeds the limit of {self.max_body_bytes} bytes",
-                code="request_too_large",
-            )
-        body = bytearray()
-        async for part in request.stream():
-            body.extend(part)
-            if len(body) > self.max_body_bytes:
-                raise APIError(
-                    413,
-                    f"request body exceeds the limit of {self.max_body_bytes} bytes",
-                    code="request_too_large",
-                )
-        try:
-            return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise APIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
-
-    async def _accept(self, request: Request, model_cls):
-        """Authenticate, read and validate the body, and check the model: the common preamble."""
-        self._authenticate(request)
-        req = parse_request(model_cls, await self._read_json(request))
-        self._check_model(req.model)
-        return req
-
     def _check_model(self, model: str) -> None:
         if model != self.model_name:
             raise APIError(
@@ -254,6 +271,14 @@ class OpenAIIngress:
                 param="model",
                 code="model_not_found",
             )
+
+    def _check_chars(self, chars: int, param: str) -> None:
+        """Refuse, before tokenizing, a text that must be longer than the context window: no
+        token of this tokenizer covers more than `max_token_chars` characters."""
+        if chars > self.max_model_len * self.max_token_chars:
+            raise APIError(400, f"This model's maximum context length is {self.max_model_len} tokens; the "
+                                f"{chars:,}-character prompt is longer than that whatever its tokens. "
+                                "Shorten the prompt.", param=param, code="context_length_exceeded")
 
     def _check_length(self, prompt_tokens: int, max_tokens: int, param: str, prompt_param: str) -> None:
         if prompt_tokens >= self.max_model_len or prompt_tokens + max_tokens > self.max_model_len:
@@ -295,29 +320,32 @@ class OpenAIIngress:
 
     # ---- generation ---------------------------------------------------------------------
 
-    async def _first_chunk(self, gen, it, endpoint: str) -> dict:
-        """The replica's first chunk; a failure before it is a 500 (nothing was sent yet)."""
+    async def _first_chunk(self, gen, it, endpoint: str, request_id: str) -> dict:
+        """The replica's first chunk; a failure before it is a 500 (nothing was sent yet), and
+        sampling parameters the engine refuses are the client's 400."""
         try:
-            return await it.__anext__()
+            first = await it.__anext__()
         except StopAsyncIteration:
             gen.cancel()
-            raise APIError(500, "engine returned no output", type="server_error", code="internal_error")
-        except APIError:
-            raise
+            raise _server_error(RuntimeError("the engine returned no output"), request_id) from None
         except Exception as e:
             gen.cancel()
-            logger.exception("generation failed")
             self.metrics.requests.labels(endpoint, "500").inc()
-            raise _server_error(e) from None
+            raise _server_error(e, request_id) from None
+        if "error" in first:
+            self.metrics.requests.labels(endpoint, "400").inc()
+            raise APIError(400, f"invalid sampling parameters: {first['error']['message']}",
+                           param=first["error"].get("param"), code="invalid_value")
+        return first
 
     async def _run(self, engine_req: dict, req, *, endpoint: str, renderer, arrival: float) -> Response:
         """Send `engine_req` to a replica and answer with the whole response or an SSE stream."""
         self.counters.requests_total += 1
         gen = self.llm_stream.generate.remote(engine_req)
         it = gen.__aiter__()
-        first = await self._first_chunk(gen, it, endpoint)
+        first = await self._first_chunk(gen, it, endpoint, renderer.id)
         out = Generation(self.metrics, self.model_name, endpoint, arrival, first, self.counters)
-        headers = {"x-greencache-replica": out.replica_id}
+        headers = {"x-greencache-replica": out.replica_id, "x-request-id": renderer.id}
         if not req.stream:
             return await self._whole(it, first, out, renderer, headers)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -331,9 +359,8 @@ class OpenAIIngress:
             async for chunk in it:
                 out.account(chunk)
         except Exception as e:
-            logger.exception("generation failed")
             out.finish("500")
-            raise _server_error(e) from None
+            raise _server_error(e, renderer.id) from None
         out.finish("200")
         return JSONResponse(renderer.final("".join(out.text), out.finish_reason, out.usage()), headers=headers)
 
@@ -385,8 +412,7 @@ class OpenAIIngress:
             raise
         except Exception as e:
             status = "500"
-            logger.exception("stream failed")
-            yield sse(_server_error(e).body())
+            yield sse(_server_error(e, renderer.id).body())
         finally:
             out.finish(status)
         yield SSE_DONE
@@ -405,10 +431,9 @@ class OpenAIIngress:
                 status_code=503,
             )
 
-    @app.get("/greencache/status")
-    async def status(self, request: Request) -> JSONResponse:
+    @app.get("/greencache/status", responses=ERROR_RESPONSES)
+    async def status(self) -> JSONResponse:
         """The carbon autoscaler's last decision and totals (an operator's view; API key applies)."""
-        self._authenticate(request)
         if self.autoscaler is None:
             raise APIError(404, "this deployment runs without the carbon autoscaler", code="not_found")
         try:
@@ -426,14 +451,12 @@ class OpenAIIngress:
             logger.debug("telemetry hub unavailable", exc_info=True)
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/v1/models")
-    async def models(self, request: Request) -> JSONResponse:
-        self._authenticate(request)
+    @app.get("/v1/models", responses=ERROR_RESPONSES)
+    async def models(self) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [self._model_card()]})
 
-    @app.get("/v1/models/{model_id:path}")
-    async def model(self, model_id: str, request: Request) -> JSONResponse:
-        self._authenticate(request)
+    @app.get("/v1/models/{model_id:path}", responses=ERROR_RESPONSES)
+    async def model(self, model_id: str) -> JSONResponse:
         self._check_model(model_id)
         return JSONResponse(self._model_card())
 
@@ -449,6 +472,7 @@ class OpenAIIngress:
     def _completion_tokens(self, req: CompletionRequest) -> tuple[list[int], int]:
         """(prompt token ids, max_tokens) of a completion request, length-checked."""
         if isinstance(req.prompt, str):
+            self._check_chars(len(req.prompt), "prompt")
             token_ids = self.tokenizer.encode(req.prompt, add_special_tokens=False)
         else:
             bad = next((t for t in req.prompt if not 0 <= t < self.vocab_size), None)
@@ -464,6 +488,7 @@ class OpenAIIngress:
         """(prompt token ids through the chat template, max_tokens) of a chat request, length-checked."""
         messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()}
                     for m in req.messages]
+        self._check_chars(sum(len(m["content"]) for m in messages), "messages")
         try:
             token_ids = self.tokenizer.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=True, return_dict=False
@@ -485,12 +510,13 @@ class OpenAIIngress:
         self._check_length(len(token_ids), max_tokens, param, "messages")
         return token_ids, max_tokens
 
-    async def _generate(self, request: Request, endpoint: str, model_cls, tokens, renderer_cls) -> Response:
-        """The shared body of the generation endpoints: accept, tokenize, run."""
+    async def _generate(self, req, endpoint: str, tokens, renderer_cls) -> Response:
+        """The shared body of the generation endpoints: check the model, tokenize (off the event
+        loop: a large prompt must not stall other streams), run."""
         arrival = time.monotonic()
         try:
-            req = await self._accept(request, model_cls)
-            token_ids, max_tokens = tokens(req)
+            self._check_model(req.model)
+            token_ids, max_tokens = await asyncio.to_thread(tokens, req)
         except APIError as e:
             self.metrics.requests.labels(endpoint, str(e.status)).inc()
             raise
@@ -500,12 +526,21 @@ class OpenAIIngress:
             endpoint=endpoint, renderer=renderer, arrival=arrival,
         )
 
-    @app.post("/v1/completions")
-    async def completions(self, request: Request) -> Response:
-        return await self._generate(request, "/v1/completions", CompletionRequest, self._completion_tokens,
-                                    CompletionRenderer)
+    @app.post("/v1/completions", responses=ERROR_RESPONSES)
+    async def completions(self, body: CompletionRequest) -> Response:
+        return await self._generate(body, "/v1/completions", self._completion_tokens, CompletionRenderer)
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(self, request: Request) -> Response:
-        return await self._generate(request, "/v1/chat/completions", ChatCompletionRequest, self._chat_tokens,
-                                    ChatRenderer)
+    @app.post("/v1/chat/completions", responses=ERROR_RESPONSES)
+    async def chat_completions(self, body: ChatCompletionRequest) -> Response:
+        return await self._generate(body, "/v1/chat/completions", self._chat_tokens, ChatRenderer)
+
+
+def _max_token_chars(tokenizer) -> int:
+    """The most characters any single token of `tokenizer` decodes to (at least 1)."""
+    longest = 1
+    for i in range(len(tokenizer)):
+        try:
+            longest = max(longest, len(tokenizer.decode([i])))
+        except Exception:  # ids the tokenizer cannot decode alone
+            continue
+    return longest

@@ -153,6 +153,18 @@ def _maybe_start_owned_redis(config: ServeConfig) -> ServeConfig:
     return config.model_copy(update={"kv_store": kv})
 
 
+def _local_mac_key(config: ServeConfig) -> ServeConfig:
+    """On one machine the chunk MAC key is a file in the home, made once and kept: a restarted
+    local deployment still reads the chunks it saved before."""
+    if config.kv_store.mac_key_file is not None or settings().kv_mac_key_file is not None:
+        return config
+    from cache_store.keys import ensure_mac_key
+    from cache_store.local import HomeLayout
+
+    path = ensure_mac_key(HomeLayout(config.home or settings().home).secrets / "kv-mac.key")
+    return config.model_copy(update={"kv_store": config.kv_store.model_copy(update={"mac_key_file": path})})
+
+
 def _connect(config: ServeConfig, address: Optional[str]) -> int:
     """Start a local Ray (address None) or connect to a running cluster; returns the port
     Serve's HTTP proxy binds."""
@@ -188,7 +200,7 @@ def deploy(config: ServeConfig, *, address: Optional[str] = None, app_name: Opti
     global _attached_app
     app_name = app_name or APP_NAME
     if address is None:
-        config = _maybe_start_owned_redis(config)
+        config = _maybe_start_owned_redis(_local_mac_key(config))
     elif config.kv_store.redis_url == "local":
         raise ValueError("redis_url 'local' starts a Redis beside a local Ray; on a cluster give the shared "
                          "Redis's URL (e.g. redis://{head}:6380/0)")

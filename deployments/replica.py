@@ -47,6 +47,14 @@ def _restore_engine_priority() -> None:
         logger.warning("could not set engine niceness to %d (%s); keeping Ray's", target, e)
 
 
+def _sampling_param(message: str, sampling: dict) -> Optional[str]:
+    """The request field a vLLM sampling error is about, when its message names one."""
+    for name in sampling:
+        if name in message:
+            return name
+    return None
+
+
 class LLMReplica:
     """Serve deployment class; `deployments.app.build_app` wraps it with `serve.deployment`."""
 
@@ -68,8 +76,8 @@ class LLMReplica:
         self.home = Path(self.config.home or settings().home)
         self.stats_dir: Optional[str] = None
         self.store_control = None
-        spec = self._start_store(app_name) if self.config.kv_store is not None else None
         model_dir = local_model_dir(self.config.model, self.home)
+        spec = self._start_store(app_name, model_dir) if self.config.kv_store is not None else None
         t0 = time.monotonic()
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.config.engine_args(model_dir, spec)))
         logger.info("replica %s: engine ready in %.1fs", self.replica_id, time.monotonic() - t0)
@@ -78,14 +86,14 @@ class LLMReplica:
             loop = asyncio.get_event_loop()
             self._tasks = [loop.create_task(self._publish_store_stats()), loop.create_task(self._follow_capacity())]
 
-    def _start_store(self, app_name: str) -> dict[str, Any]:
+    def _start_store(self, app_name: str, model_dir: str) -> dict[str, Any]:
         """Resolve the store for this node and set the node's disk capacity before the engine
         (whose processes follow it) starts; returns the spec for the engine's connector."""
         from deployments.settings import settings
         from deployments.store_control import NodeStoreControl, node_spec
 
         node = settings()
-        spec = node_spec(self.config.kv_store, node, self.config.served_model_name, self.home)
+        spec = node_spec(self.config.kv_store, node, self.config.served_model_name, self.home, model_dir, app_name)
         spec["stats_dir"] = self.stats_dir = os.path.join(spec["stats_dir"], self.replica_id)
         disk = next((t for t in spec["tiers"] if t["kind"] == "disk"), None)
         self.store_control = NodeStoreControl(self.config.kv_store, Path(disk["path"]) if disk else None, app_name)
@@ -120,12 +128,17 @@ class LLMReplica:
         `request` keys: `request_id`, `prompt_token_ids`, `sampling` (SamplingParams kwargs),
         and `prefix_hashes` (used only by the router). Yields dicts with `text` (delta),
         `num_tokens` (delta), `finish_reason`, and on the first chunk `replica_id`,
-        `prompt_tokens`; on the last, `cached_tokens`.
+        `prompt_tokens`; on the last, `cached_tokens`. Sampling parameters vLLM refuses give
+        one chunk `{"error": {"message", "param"}}` instead: the client's mistake, a 400.
         """
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        params = SamplingParams(output_kind=RequestOutputKind.DELTA, **request["sampling"])
+        try:
+            params = SamplingParams(output_kind=RequestOutputKind.DELTA, **request["sampling"])
+        except (ValueError, TypeError) as e:
+            yield {"error": {"message": str(e), "param": _sampling_param(str(e), request["sampling"])}}
+            return
         interval_s = self.config.stream_interval_ms / 1000.0
         first = True
         shown = False  # has visible text gone out yet? (a first token can detokenize to "")

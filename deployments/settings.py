@@ -15,6 +15,7 @@ configuration (deployments/config.py, cache_store/config.py, autoscaler/config.p
 | `GREENCACHE_KV_DISK_PATH` | this node's disk (NVMe) tier directory (default `<home>/kv-disk`) |
 | `GREENCACHE_REDIS_PASSWORD_FILE` | file holding the shared Redis tier's password on this node |
 | `GREENCACHE_REDIS_PASSWORD` | the password itself (read only by the process that connects) |
+| `GREENCACHE_KV_MAC_KEY_FILE` | this node's copy of the secret KV chunks are MAC'd with |
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Settings(BaseSettings):
     engine_nice: int = Field(0, ge=-20, le=19, description="CPU niceness of engine processes (0 = normal priority).")
     kv_disk_path: Optional[Path] = Field(None, description="This node's disk (NVMe) tier directory.")
     redis_password_file: Optional[Path] = Field(None, description="File holding the Redis tier's password on this node.")
+    kv_mac_key_file: Optional[Path] = Field(None, description="This node's copy of the KV chunks' MAC key.")
 
     @field_validator("api_keys", mode="before")
     @classmethod

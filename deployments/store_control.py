@@ -35,18 +35,39 @@ def head_address() -> str:
     raise RuntimeError("no live Ray head node found")
 
 
-def node_spec(kv: KVStoreConfig, node: Settings, served_model_name: str, home: Path) -> dict[str, Any]:
+def mac_key_file(kv: KVStoreConfig, node: Settings, home: Path, app: str) -> str:
+    """Where this node's engines read the chunk MAC key: the configured file, this node's
+    GREENCACHE_KV_MAC_KEY_FILE, or the application's key from Ray's KV written to a 0600 file
+    in the node's home."""
+    from cache_store.keys import read_mac_key
+    from cache_store.local import HomeLayout, atomic_write_text, private_dir
+
+    path = kv.mac_key_file or node.kv_mac_key_file
+    if path is None:
+        path = private_dir(HomeLayout(home).secrets) / f"kv-mac-{app}.key"
+        atomic_write_text(path, control_plane.deployment_secret(app).decode() + "\n")
+    read_mac_key(path)  # refuse to start with an unreadable or short key
+    return str(path)
+
+
+def node_spec(kv: KVStoreConfig, node: Settings, served_model_name: str, home: Path, model_dir: str,
+              app: str) -> dict[str, Any]:
     """The store spec for the engine processes on this node (see `KVStoreConfig.spec`); `home`
-    is the GreenCache home in force on this node."""
+    is the GreenCache home in force on this node, `model_dir` the model's directory here."""
+    from cache_store.keys import weights_fingerprint
+    from cache_store.local import HomeLayout
+
     url = kv.redis_url
     if url and "{head}" in url:
         url = url.replace("{head}", head_address())
     spec = kv.spec(home, node_disk_path=node.kv_disk_path, node_managed_disk=True, redis_url=url,
                    password_file=str(node.redis_password_file) if node.redis_password_file else None,
-                   password_env=REDIS_PASSWORD_ENV)
-    # Chunk keys name the model by its served name, not its path, so nodes that keep the same
-    # weights at different paths share chunks.
+                   password_env=REDIS_PASSWORD_ENV, mac_key_file=mac_key_file(kv, node, home, app))
+    # Chunk keys name the model by its served name and a fingerprint of its weights, not by its
+    # path: nodes that keep the same weights at different paths share chunks, and a checkpoint
+    # replaced in place never meets its predecessor's KV.
     spec["namespace_model"] = served_model_name
+    spec["weights_fingerprint"] = weights_fingerprint(model_dir, HomeLayout(home).home / "cache")
     return spec
 
 

@@ -2,7 +2,7 @@
 
     greencache serve [--port P] [--replicas N] [--model DIR] [--engine-arg K=V ...]
     greencache status | plan | simulate | profile | demo-model DIR
-    greencache bench serve|store|kv-reuse|planner|replay|cluster [--json]
+    greencache bench serve|store|kv-reuse|planner|replay|cluster|overload|chaos [--json]
 
 Flag defaults and units come from the configuration models (deployments/config.py,
 cache_store/config.py, autoscaler/config.py, autoscaler/simulator.py), so a default is written
@@ -34,6 +34,7 @@ BENCHMARKS = {
     "planner": "benchmarks.bench_planner",
     "replay": "benchmarks.replay",
     "cluster": "benchmarks.bench_cluster",
+    "overload": "benchmarks.bench_overload",
 }
 
 
@@ -100,6 +101,9 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
           default=SERVE_DEMO["autoscaler.trace_hours_per_interval"])
     p.add_argument("--api-key", action="append", default=[],
                    help="accepted bearer token, repeatable; also GREENCACHE_API_KEYS (comma-separated)")
+    p.add_argument("--allow-unauthenticated", action="store_true",
+                   help="serve without API keys on an address other than loopback")
+    _flag(p, "--max-queued-requests", ServeConfig, "max_queued_requests", type=int)
 
 
 def _serve_config(args: argparse.Namespace):
@@ -118,6 +122,8 @@ def _serve_config(args: argparse.Namespace):
         max_model_len=args.max_model_len,
         engine_kwargs=dict(args.engine_arg),
         api_keys=list(args.api_key) + settings().api_keys,
+        allow_unauthenticated=args.allow_unauthenticated,
+        max_queued_requests=args.max_queued_requests,
         stream_interval_ms=args.stream_interval_ms,
         direct_ingress=not (args.no_direct_ingress or args.address),
         kv_store=KVStoreConfig(

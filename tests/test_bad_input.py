@@ -118,10 +118,38 @@ def CASES(server):
         ("n > 1", "/v1/completions", dict(body={"model": server.model, "prompt": "hi", "n": 3}), 400, "n", None),
         ("oversized body", "/v1/completions",
          dict(body={"model": server.model, "prompt": "x" * (server.max_body_bytes + 10)}), 413, None, "request_too_large"),
+        # inputs vLLM's own server answers with a 400 and a naive server with a 500
+        ("seed beyond int64", "/v1/completions",
+         dict(body={"model": server.model, "prompt": "hi", "seed": 18446744073709551617}), 400, "seed", "invalid_value"),
+        ("empty stop string", "/v1/completions",
+         dict(body={"model": server.model, "prompt": "hi", "stop": [""]}), 400, "stop", "invalid_value"),
+        ("prompt nested 5000 deep", "/v1/completions",
+         dict(content=b'{"model": "m", "prompt": ' + b"[" * 5000 + b"]" * 5000 + b"}"), 400, None, "invalid_json"),
+        ("unpaired surrogate", "/v1/completions",
+         dict(content=('{"model": "%s", "prompt": "a\\ud800b"}' % server.model).encode()), 400, "prompt", "invalid_value"),
+        ("NaN temperature", "/v1/completions",
+         dict(content=('{"model": "%s", "prompt": "hi", "temperature": NaN}' % server.model).encode()),
+         400, "temperature", "invalid_value"),
+        ("invalid UTF-8", "/v1/completions",
+         dict(content=b'{"model": "x", "prompt": "\xff"}'), 400, None, "invalid_json"),
+        # fields GreenCache does not implement: refused by name, never silently ignored
+        ("logprobs", "/v1/completions", dict(body={"model": server.model, "prompt": "hi", "logprobs": 2}),
+         400, "logprobs", "invalid_value"),
+        ("tools", "/v1/chat/completions",
+         dict(body={"model": server.model, "messages": [{"role": "user", "content": "x"}],
+                    "tools": [{"type": "function", "function": {"name": "f"}}]}), 400, "tools", "invalid_value"),
+        ("response_format", "/v1/chat/completions",
+         dict(body={"model": server.model, "messages": [{"role": "user", "content": "x"}],
+                    "response_format": {"type": "json_object"}}), 400, "response_format", "invalid_value"),
+        ("logit_bias", "/v1/completions", dict(body={"model": server.model, "prompt": "hi", "logit_bias": {"5": 10}}),
+         400, "logit_bias", "invalid_value"),
     ]
 
 
-@pytest.mark.parametrize("index", range(21))
+N_CASES = 31
+
+
+@pytest.mark.parametrize("index", range(N_CASES))
 def test_bad_request_gets_openai_error(greencache_server, index):
     cases = CASES(greencache_server)
     name, path, kwargs, status, param, code = cases[index]
@@ -132,7 +160,7 @@ def test_bad_request_gets_openai_error(greencache_server, index):
 def test_case_count_matches():
     class S:  # the parametrisation above must cover every case
         max_model_len, max_body_bytes, model = 1024, 1024, "m"
-    assert len(CASES(S)) == 21
+    assert len(CASES(S)) == N_CASES
 
 
 def test_oversized_chunked_body_without_content_length(greencache_server):
@@ -167,8 +195,11 @@ def test_api_key_required(greencache_server, headers):
 
 
 def test_unknown_route_is_openai_404(greencache_server):
-    r = httpx.get(greencache_server.url + "/v1/engines", timeout=30)
+    r = httpx.get(greencache_server.url + "/v1/engines", timeout=30,
+                  headers={"Authorization": f"Bearer {greencache_server.api_key}"})
     _assert_error(r, 404)
+    # without a key, nothing under /v1 tells which routes exist
+    _assert_error(httpx.get(greencache_server.url + "/v1/engines", timeout=30), 401, code="invalid_api_key")
 
 
 def test_server_keeps_serving_after_every_bad_input(greencache_server):

@@ -16,6 +16,7 @@ import pytest
 
 from benchmarks.kv_engine import KVEngine
 from cache_store.format import Namespace, chunk_keys, decode_chunk, encode_chunk
+from cache_store.keys import ensure_mac_key, read_mac_key
 from cache_store.redis_server import RedisServer
 from cache_store.tiers import DiskTier
 
@@ -42,7 +43,12 @@ def _spec(disk: Path, redis_url: str | None, home: Path) -> dict:
     tiers = [{"kind": "disk", "path": str(disk), "capacity_bytes": 1 << 30}]
     if redis_url:
         tiers.append({"kind": "redis", "url": redis_url, "capacity_bytes": 1 << 30})
-    return {"chunk_tokens": CHUNK, "tiers": tiers}
+    # one deployment: both engines MAC their chunks with the same secret
+    return {"chunk_tokens": CHUNK, "tiers": tiers, "mac_key_file": str(ensure_mac_key(home.parent / "kv-mac.key"))}
+
+
+def _mac_key(base: Path) -> bytes:
+    return read_mac_key(base / "kv-mac.key")
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +92,12 @@ def test_wrong_kv_changes_output(engines):
     a.generate([pb])
     files = _files(base / "diskA")
     ka, kb = chunk_keys(a_ns := _ns(files), pa)[0], chunk_keys(a_ns, pb)[0]
-    # Re-encode B's chunk 0 under A's key: well-formed, passes every check, wrong content.
-    _, shape, payload = decode_chunk(a_ns, kb, files[kb].read_bytes())
+    # Re-encode B's chunk 0 under A's key, with the deployment's secret: well-formed, passes
+    # every check, wrong content. (Without the secret this is impossible: see the forged case.)
+    mk = _mac_key(base)
+    _, shape, payload = decode_chunk(a_ns, kb, files[kb].read_bytes(), mac_key=mk)
     original = files[ka].read_bytes()
-    files[ka].write_bytes(encode_chunk(a_ns, ka, "bfloat16", shape, bytes(payload)))
+    files[ka].write_bytes(encode_chunk(a_ns, ka, "bfloat16", shape, bytes(payload), mac_key=mk))
     try:
         wrong = a.generate([pa])[0]
         assert wrong["num_cached_tokens"] == 2 * CHUNK
@@ -114,7 +122,7 @@ def _ns(files: dict[str, Path]) -> Namespace:
     return _NS("?", "bfloat16", 0, 0, 0, 0, CHUNK)
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "foreign"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "foreign", "forged"])
 def test_bad_chunk_is_a_miss_never_wrong_tokens(engines, redis_srv, damage):
     a, _, base = engines
     p = prompt(100 + len(damage), 800)
@@ -128,10 +136,14 @@ def test_bad_chunk_is_a_miss_never_wrong_tokens(engines, redis_srv, damage):
         data[len(data) // 2] ^= 0xFF
     elif damage == "truncate":
         data = data[: len(data) // 3]
-    else:  # a chunk from another model's namespace placed under our key
+    elif damage == "foreign":  # a chunk from another model's namespace placed under our key
         other = Namespace("some-other-model", "bfloat16", 4, 2, 128, 16, CHUNK)
-        _, shape, payload = decode_chunk(ns, key, bytes(data))
-        data = bytearray(encode_chunk(other, key, "bfloat16", shape, bytes(payload)))
+        _, shape, payload = decode_chunk(ns, key, bytes(data), mac_key=_mac_key(base))
+        data = bytearray(encode_chunk(other, key, "bfloat16", shape, bytes(payload), mac_key=_mac_key(base)))
+    else:  # forged: well-formed, right namespace and key, other KV, MAC'd without the secret
+        _, shape, payload = decode_chunk(ns, key, bytes(data), mac_key=_mac_key(base))
+        wrong = bytes(b ^ 0x55 for b in bytes(payload))
+        data = bytearray(encode_chunk(ns, key, "bfloat16", shape, wrong, mac_key=b"attacker-guess-0123456789abcdef"))
     f.write_bytes(bytes(data))
     # Drop the good copy from Redis so only the bad one exists.
     import redis
@@ -199,7 +211,8 @@ def test_shrinking_disk_capacity_evicts_and_respects_limit(engines):
 
 
 def test_restarted_engine_reuses_its_disk_tier(demo_model, tmp_path):
-    spec = {"chunk_tokens": CHUNK, "tiers": [{"kind": "disk", "path": str(tmp_path / "disk"), "capacity_bytes": 1 << 30}]}
+    spec = {"chunk_tokens": CHUNK, "tiers": [{"kind": "disk", "path": str(tmp_path / "disk"), "capacity_bytes": 1 << 30}],
+            "mac_key_file": str(ensure_mac_key(tmp_path / "kv-mac.key"))}
     p = prompt(77, 900)
     first = KVEngine(str(demo_model), spec)
     try:
@@ -213,5 +226,29 @@ def test_restarted_engine_reuses_its_disk_tier(demo_model, tmp_path):
         assert hit["num_cached_tokens"] == 3 * CHUNK
         _same(hit, cold)
         assert second.stats()["store"]["tiers"]["disk"]["hits"] >= 3
+    finally:
+        second.close()
+
+
+def test_weights_changed_in_place_never_meet_the_old_kv(tmp_path):
+    """Same path, same config, new weights (a checkpoint replaced in place): the new engine's
+    namespace differs, so it computes everything itself instead of loading the old KV."""
+    from deployments.demo_model import build_demo_model
+
+    model = build_demo_model(tmp_path / "model", seed=0)
+    spec = {"chunk_tokens": CHUNK, "tiers": [{"kind": "disk", "path": str(tmp_path / "disk"), "capacity_bytes": 1 << 30}],
+            "mac_key_file": str(ensure_mac_key(tmp_path / "kv-mac.key"))}
+    p = prompt(78, 900)
+    first = KVEngine(str(model), spec)
+    try:
+        assert first.generate([p])[0]["num_cached_tokens"] == 0
+        assert first.generate([p])[0]["num_cached_tokens"] == 3 * CHUNK  # its own chunks: a hit
+    finally:
+        first.close()
+    build_demo_model(tmp_path / "model", seed=1)  # retrained weights, written over the old ones
+    second = KVEngine(str(model), spec)
+    try:
+        assert second.generate([p])[0]["num_cached_tokens"] == 0
+        assert second.stats()["store"]["invalid_chunks"] == 0  # not even looked at: another namespace
     finally:
         second.close()

@@ -160,3 +160,25 @@ def test_all_traffic_stays_on_loopback(client, greencache_server):
             if not ip.is_loopback:
                 outside.append((c.pid, c.laddr, c.raddr, c.status))
     assert not outside, outside
+
+
+def test_openapi_documents_bodies_statuses_and_the_error_shape(greencache_server):
+    spec = httpx.get(greencache_server.url + "/openapi.json", timeout=30).json()
+    schemas = spec["components"]["schemas"]
+    for path, model in (("/v1/completions", "CompletionRequest"), ("/v1/chat/completions", "ChatCompletionRequest")):
+        op = spec["paths"][path]["post"]
+        body = op["requestBody"]["content"]["application/json"]["schema"]
+        assert body["$ref"].endswith("/" + model) and op["requestBody"]["required"]
+        assert {"400", "401", "404", "413", "429", "500"} <= set(op["responses"]) and "422" not in op["responses"]
+        assert op["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+    seed = schemas["CompletionRequest"]["properties"]["seed"]["anyOf"][0]
+    assert seed["maximum"] == pytest.approx(2**63 - 1) and seed["minimum"] == pytest.approx(-(2**63))
+    assert "prompt" in schemas["CompletionRequest"]["required"]
+
+
+def test_server_faults_name_the_request_not_the_exception():
+    from deployments.ingress import _server_error
+
+    err = _server_error(RuntimeError("secret internal detail at /srv/x.py:12"), "cmpl-abc123")
+    assert err.status == 500 and "cmpl-abc123" in err.message and "secret" not in err.message
+    assert err.body()["error"]["type"] == "server_error"

@@ -7,9 +7,13 @@ After a write pushes `gc:used` over `capacity_bytes`, the writer evicts the olde
 it is back under. Where GreenCache owns the server, also run it with `maxmemory` and
 `maxmemory-policy allkeys-lru` (see `start_redis_server`) as a backstop.
 
-Failure semantics: every Redis error opens a circuit breaker for `retry_after_s`; while open,
-gets are misses and puts are dropped without touching the network, so a down Redis costs
-nothing per request. The next call after the pause tries again (redis-py reconnects).
+Failure semantics: every call has a deadline: `lookup_timeout_s` (short: lookups run on the
+engine's scheduling path) for existence checks, `socket_timeout_s` for moving chunks. An error
+or a missed deadline opens a circuit breaker; while open, lookups and gets are misses and puts
+are dropped without touching the network, so a down or stalled Redis (a stopped process
+accepts connections and never answers) costs nothing per request. The breaker stays open
+`retry_after_s` after the first failure and doubles after each failed retry, up to
+`max_retry_after_s`; one success closes it (redis-py reconnects).
 
 Secrets: the password never travels in the URL (which vLLM logs with its configuration). It is
 read, in the process that connects, from `password_file` or the environment variable named by
@@ -58,22 +62,26 @@ class RedisTier:
     name = "redis"
 
     def __init__(self, url: str, capacity_bytes: int, *, prefix: str = "gc:", socket_timeout_s: float = 1.0,
-                 retry_after_s: float = 2.0, password_file: Optional[str] = None,
-                 password_env: Optional[str] = None) -> None:
+                 lookup_timeout_s: float = 0.1, retry_after_s: float = 0.5, max_retry_after_s: float = 5.0,
+                 password_file: Optional[str] = None, password_env: Optional[str] = None) -> None:
         import redis
 
         self.url = redact_url(url)  # what logs and stats may show
         self.capacity_bytes = int(capacity_bytes)
         self.prefix = prefix
         self.retry_after_s = retry_after_s
+        self.max_retry_after_s = max_retry_after_s
         kwargs = {}
         password = read_password(password_file, password_env)
         if password is not None:
             kwargs["password"] = password
         self.client = redis.Redis.from_url(url, socket_timeout=socket_timeout_s,
                                            socket_connect_timeout=socket_timeout_s, **kwargs)
+        self.probe = redis.Redis.from_url(url, socket_timeout=lookup_timeout_s,
+                                          socket_connect_timeout=lookup_timeout_s, **kwargs)
         self.s = TierStats()
         self._down_until = 0.0
+        self._backoff_s = retry_after_s
         self.circuit_opens = 0
 
     # ---- circuit breaker ------------------------------------------------------------
@@ -82,10 +90,20 @@ class RedisTier:
 
     def _fail(self, e: Exception) -> None:
         self.s.errors += 1
-        if self._available():
+        now = time.monotonic()
+        if self._down_until == 0.0:  # the first failure of an outage
             self.circuit_opens += 1
-            logger.warning("redis tier %s unavailable (%s); retrying in %.1fs", self.url, e, self.retry_after_s)
-        self._down_until = time.monotonic() + self.retry_after_s
+            self._backoff_s = self.retry_after_s
+            logger.warning("redis tier %s unavailable (%s: %s); retrying in %.1fs", self.url, type(e).__name__, e,
+                           self._backoff_s)
+        elif now >= self._down_until:  # a retry failed: wait longer next time
+            self._backoff_s = min(self.max_retry_after_s, self._backoff_s * 2)
+        self._down_until = now + self._backoff_s
+
+    def _succeeded(self) -> None:
+        if self._down_until:
+            logger.warning("redis tier %s is back", self.url)
+        self._down_until = 0.0
 
     @property
     def healthy(self) -> bool:
@@ -98,11 +116,12 @@ class RedisTier:
             return [None] * len(keys)
         t0 = time.perf_counter()
         try:
-            values = self.client.mget(list(keys))
-            hits = [k for k, v in zip(keys, values) if v is not None]
-            if hits:
-                now = time.time()
-                self.client.zadd(self.prefix + "lru", {k: now for k in hits}, xx=True)
+            # one round trip: the values, and the LRU touch (xx: only keys still tracked)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.mget(list(keys))
+            pipe.zadd(self.prefix + "lru", {k: time.time() for k in keys}, xx=True)
+            values = pipe.execute()[0]
+            self._succeeded()
         except Exception as e:  # redis.RedisError, OSError
             self._fail(e)
             return [None] * len(keys)
@@ -118,10 +137,12 @@ class RedisTier:
         if not keys or not self._available():
             return [False] * len(keys)
         try:
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self.probe.pipeline(transaction=False)
             for k in keys:
                 pipe.exists(k)
-            return [bool(x) for x in pipe.execute()]
+            found = [bool(x) for x in pipe.execute()]
+            self._succeeded()
+            return found
         except Exception as e:
             self._fail(e)
             return [False] * len(keys)
@@ -153,6 +174,7 @@ class RedisTier:
             if added:
                 pipe.incrby(self.prefix + "used", added)
             res = pipe.execute()
+            self._succeeded()
             used = int(res[-1]) if added else None
             if used is not None and used > self.capacity_bytes:
                 self._evict_until(self.capacity_bytes)
