@@ -106,13 +106,13 @@ class CarbonAutoscaler:
     home directory is resumed only by the same deployment (a replacement after a crash)."""
 
     def __init__(self, config: dict, home: str | Path, app: str = "greencache", deployment_id: str = "") -> None:
-        from autoscaler.carbon_sources import TraceSource
+        from autoscaler.carbon_sources import source_for
         from autoscaler.policies import PlannerPolicy
 
         self.cfg = AutoscalerConfig.model_validate(config)
         self.app, self.deployment_id = app, deployment_id
         self.state = AutoscalerState(home)
-        self.source = TraceSource.grid(self.cfg.grid)
+        self.source = source_for(self.cfg.grid, self.cfg.carbon_api)
         self.perf = None
         if self.cfg.profile_path:
             from autoscaler.perf_model import PerfModel
@@ -182,10 +182,12 @@ class CarbonAutoscaler:
 
     # ---- one cycle ----------------------------------------------------------------------
     def _observe(self) -> dict:
-        try:
-            snap = ray.get(get_or_create_hub().snapshot.remote(), timeout=2)
-        except Exception:
-            snap = {}
+        snap = {}
+        if ray.is_initialized():
+            try:
+                snap = ray.get(get_or_create_hub().snapshot.remote(), timeout=2)
+            except Exception:
+                logger.debug("telemetry hub unavailable", exc_info=True)
         obs, self._last_reading = observe_telemetry(snap, self._last_reading, self.perf)
         return obs
 
@@ -234,14 +236,22 @@ class CarbonAutoscaler:
         self.ledger.charge(fp)
         self.cycles += 1
         record = self._record(t_start, obs, observation, d, fp)
-        control_plane.publish_plan(self.app, d.replicas)
-        control_plane.publish_capacities(self.app, {"disk": int(d.capacity_gb * 1e9)})
+        self._actuate(d)
         self.state.append_decision(record)
         self.state.save_last(record)
         self.last = record
         self._publish(record)
         self._advance_clock()
         return record
+
+    def _actuate(self, d: Decision) -> None:
+        """Publish the decision; if Ray's KV cannot take it now, the previous one stays in force
+        and the next cycle publishes again."""
+        try:
+            control_plane.publish_plan(self.app, d.replicas)
+            control_plane.publish_capacities(self.app, {"disk": int(d.capacity_gb * 1e9)})
+        except Exception as e:
+            logger.warning("could not publish the decision (%s: %s); the previous one stays", type(e).__name__, e)
 
     def _record(self, t_start: float, obs: dict, observation: Observation, d: Decision, fp: Footprint) -> dict:
         problem = self.policy.last_problem
@@ -272,6 +282,8 @@ class CarbonAutoscaler:
         self.trace_time = self._next_trace_time(self.trace_time)
 
     def _publish(self, record: dict) -> None:
+        if not ray.is_initialized():
+            return
         try:
             get_or_create_hub().report.remote(AUTOSCALER_KEY, {
                 "carbon_intensity_g_per_kwh": record["inputs"]["carbon_intensity_g_per_kwh"],

@@ -244,3 +244,22 @@ def seasonal_naive(history: Sequence[float], hours: int, season: int = 24) -> li
         raise ValueError("seasonal_naive needs history")
     last = list(history[-season:])
     return [last[(len(last) - season + h) % len(last)] if len(last) >= season else last[-1] for h in range(hours)]
+
+
+def source_for(grid: str, api=None):
+    """The autoscaler's carbon source: the bundled trace of `grid`, or a live service (an
+    `autoscaler.config.CarbonAPIConfig`) that falls back to its last value, then to that trace."""
+    import os
+
+    trace = TraceSource.grid(grid)
+    if api is None:
+        return trace
+    secret = os.environ.get(api.token_env, "")
+    if api.provider == "electricitymaps":
+        primary = ElectricityMapsSource(api.zone, secret, timeout_s=api.timeout_s,
+                                        **({"base_url": api.base_url} if api.base_url else {}))
+    else:
+        user, _, password = secret.partition(":")
+        primary = WattTimeSource(api.zone, user, password, timeout_s=api.timeout_s,
+                                 **({"base_url": api.base_url} if api.base_url else {}))
+    return ResilientSource(primary, fallback=trace)

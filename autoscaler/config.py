@@ -5,12 +5,27 @@ Importing this module imports no Ray and no other part of GreenCache.
 
 from __future__ import annotations
 
+from typing import Literal, Optional
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from autoscaler.carbon import CarbonConfig
 from autoscaler.perf_model import SLO
 
 DEFAULT_CAPACITIES_GB = (0.0, 50, 100, 200, 400, 800, 1600)
+
+
+class CarbonAPIConfig(BaseModel):
+    """A live carbon-intensity service; the bundled trace of `grid` stays the fallback."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: Literal["electricitymaps", "watttime"] = Field(description="Which service.")
+    zone: str = Field(description="Electricity Maps zone or WattTime region, e.g. FR or CAISO_NORTH.")
+    base_url: Optional[str] = Field(None, description="Service URL; default: the provider's public API.")
+    token_env: str = Field("GREENCACHE_CARBON_API_TOKEN", description="Environment variable with the Electricity "
+                           "Maps token, or WattTime's 'user:password', on the node where the autoscaler runs.")
+    timeout_s: float = Field(5.0, gt=0, description="Deadline of one call (s).")
 
 
 class AutoscalerConfig(BaseModel):
@@ -33,3 +48,5 @@ class AutoscalerConfig(BaseModel):
     prompt_tokens: float = Field(2048, gt=0, description="Mean prompt length the plan assumes (tokens), with a profile.")
     output_tokens: float = Field(256, gt=0, description="Mean output length the plan assumes (tokens), with a profile.")
     carbon: CarbonConfig = Field(default_factory=CarbonConfig, description="Power and embodied-carbon factors.")
+    carbon_api: Optional[CarbonAPIConfig] = Field(None, description="Live carbon-intensity service (else the "
+                                                  "bundled trace); on failure the last value, then the trace.")

@@ -177,3 +177,29 @@ def test_footprint_prices_each_amount():
 
     arr = c.footprint(intensity_g_per_kwh=np.array([100.0, 200.0]), replica_hours=np.array([1.0, 1.0]))
     assert arr.operational_g[1] == pytest.approx(2 * arr.operational_g[0])
+
+
+def test_the_autoscaler_keeps_planning_when_its_carbon_api_fails(fake_api, tmp_path):
+    """A live carbon API that answers 503, then garbage: every cycle still decides, on the last
+    known value and then the bundled trace; when the API recovers its values are used again."""
+    import asyncio
+    import os
+
+    from autoscaler.actor import CarbonAutoscaler
+    from autoscaler.config import AutoscalerConfig, CarbonAPIConfig
+
+    os.environ["TEST_EM_TOKEN"] = "tok"
+    cfg = AutoscalerConfig(interval_s=3600, horizon_slots=4, carbon_api=CarbonAPIConfig(
+        provider="electricitymaps", zone="FR", base_url=fake_api + "/v3", token_env="TEST_EM_TOKEN", timeout_s=2))
+    actor = CarbonAutoscaler(cfg.model_dump(), tmp_path, "api-test")
+    try:
+        seen = []
+        for mode in ("ok", "down", "junk", "ok"):
+            _Fake.mode["em"] = mode
+            rec = asyncio.run(actor.step())
+            seen.append(rec["inputs"]["forecast_g_per_kwh"][0])
+            assert rec["decision"]["replicas"] >= 1
+        assert seen[0] == 40 and seen[3] == 40  # the service's forecast
+        assert seen[1] != 40 and seen[2] != 40  # the fallback trace, not a stale or junk value
+    finally:
+        asyncio.run(actor.stop())

@@ -182,3 +182,34 @@ def test_server_faults_name_the_request_not_the_exception():
     err = _server_error(RuntimeError("secret internal detail at /srv/x.py:12"), "cmpl-abc123")
     assert err.status == 500 and "cmpl-abc123" in err.message and "secret" not in err.message
     assert err.body()["error"]["type"] == "server_error"
+
+
+def test_listeners_are_on_loopback_and_the_replicas_grpc_needs_rays_token(client, greencache_server):
+    """Every listening socket of the deployment is on 127.0.0.1, except the one Ray 2.60 binds on
+    all interfaces for Serve's replica-to-replica gRPC; that one refuses a call without Ray's
+    auth token."""
+    import ipaddress
+    import os
+
+    import grpc
+    import psutil
+
+    family = {os.getpid()} | {p.pid for p in psutil.Process().children(recursive=True)}
+    wildcard = []
+    for c in psutil.net_connections(kind="inet"):
+        if c.pid in family and c.status == psutil.CONN_LISTEN:
+            ip = ipaddress.ip_address(c.laddr.ip)
+            if ip.is_unspecified:
+                wildcard.append((c.pid, c.laddr.port))
+            else:
+                ip = (ip.ipv4_mapped or ip) if ip.version == 6 else ip
+                assert ip.is_loopback, (c.pid, psutil.Process(c.pid).name(), c.laddr)
+    for pid, _ in wildcard:
+        assert "ServeReplica" in " ".join(psutil.Process(pid).cmdline()), psutil.Process(pid).cmdline()
+    assert wildcard, "expected Serve's replica gRPC ports"
+    for _, port in wildcard:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/ray.serve.ASGIService/HandleRequest")  # what replicas serve
+            with pytest.raises(grpc.RpcError) as e:
+                call(b"", timeout=5)
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED, e.value
