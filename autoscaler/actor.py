@@ -37,7 +37,8 @@ from typing import Any, Optional
 import ray
 
 from autoscaler import control_plane
-from autoscaler.carbon import CarbonLedger, Footprint
+from autoscaler.carbon import CarbonLedger, Footprint, RequestCarbonRate
+from autoscaler.carbon_sources import source_status
 from autoscaler.config import AutoscalerConfig
 from autoscaler.policies import Decision, Observation
 from autoscaler.state import AutoscalerState
@@ -46,8 +47,8 @@ from autoscaler.telemetry import AUTOSCALER_KEY, INGRESS_KEY, get_or_create_hub,
 logger = logging.getLogger("greencache.autoscaler")
 
 
-_INGRESS_SUMS = ("requests_total", "finished", "prompt_tokens", "prompt_tokens_sq", "output_tokens", "ttft_s",
-                 "tpot_s", "tpot_count")
+_INGRESS_SUMS = ("requests_total", "finished", "prompt_tokens", "prompt_tokens_sq", "cached_tokens", "output_tokens",
+                 "ttft_s", "tpot_s", "tpot_count")
 
 
 def _ingress_totals(snapshot: dict) -> Optional[dict]:
@@ -67,7 +68,7 @@ def _interval_means(now: dict, before: dict, perf) -> dict:
     if d["finished"] > 0:
         mean_p, mean_p2 = d["prompt_tokens"] / d["finished"], d["prompt_tokens_sq"] / d["finished"]
         out.update(mean_prompt_tokens=mean_p, mean_output_tokens=d["output_tokens"] / d["finished"],
-                   mean_ttft_s=d["ttft_s"] / d["finished"])
+                   mean_cached_tokens=d["cached_tokens"] / d["finished"], mean_ttft_s=d["ttft_s"] / d["finished"])
         if perf is not None:
             out["effective_prompt_tokens"] = perf.effective_prompt_from_moments(mean_p, mean_p2)
     if d["tpot_count"] > 0:
@@ -222,6 +223,18 @@ class CarbonAutoscaler:
                                 replica_hours=d.replicas * hours, busy_wh=carbon.busy_extra_w() * busy_replica_h,
                                 ssd_gb_hours=d.capacity_gb * hours)
 
+    def _request_rate(self, fp: Footprint, d: Decision, observation: Observation, obs: dict) -> RequestCarbonRate:
+        """The slot's footprint spread over the requests expected in it (autoscaler/carbon.py)."""
+        problem = self.policy.last_problem
+        prompt = obs.get("mean_prompt_tokens") or self.cfg.prompt_tokens
+        cached = obs.get("mean_cached_tokens")
+        uncached = prompt - cached if cached is not None else prompt * (1 - d.details["hit_ratio"])
+        return RequestCarbonRate.for_slot(
+            fp, expected_requests=observation.arrival_rps * self.cfg.interval_s,
+            prefill_s=problem.prefill_s, decode_s=problem.decode_s, hit_ratio=d.details["hit_ratio"],
+            mean_uncached_tokens=uncached, mean_output_tokens=obs.get("mean_output_tokens") or self.cfg.output_tokens,
+            intensity_g_per_kwh=observation.intensity_forecast[0], basis=self.cfg.carbon.basis())
+
     def _cycle(self) -> dict:
         t_start = time.time()
         obs = self._observe()
@@ -236,6 +249,7 @@ class CarbonAutoscaler:
         self.ledger.charge(fp)
         self.cycles += 1
         record = self._record(t_start, obs, observation, d, fp)
+        record["predicted"]["request_carbon"] = self._request_rate(fp, d, observation, obs).to_json()
         self._actuate(d)
         self.state.append_decision(record)
         self.state.save_last(record)
@@ -259,6 +273,7 @@ class CarbonAutoscaler:
             "cycle": self.cycles, "time": t_start, "trace_time": self.trace_time.isoformat(), "grid": self.cfg.grid,
             "app": self.app, "deployment_id": self.deployment_id,
             "inputs": {"carbon_intensity_g_per_kwh": observation.intensity_forecast[0],
+                       "carbon_source": source_status(self.source),
                        "forecast_g_per_kwh": list(problem.intensity), "load_rps": observation.arrival_rps,
                        "observed_rps": obs["request_rate_rps"], "overrides": dict(self.overrides),
                        "store": obs["store"], "current": {"replicas": observation.current_replicas,
@@ -291,6 +306,9 @@ class CarbonAutoscaler:
                 "capacity_gb": record["decision"]["capacity_gb"],
                 "operational_g": record["carbon_so_far_g"]["operational"],
                 "embodied_g": record["carbon_so_far_g"]["embodied"],
-                "trace_time": record["trace_time"], "cycle": record["cycle"], "reason": record["reason"]})
+                "trace_time": record["trace_time"], "cycle": record["cycle"], "reason": record["reason"],
+                "request_carbon": record["predicted"]["request_carbon"]},
+                # until the next cycle has had time to report (a plan stays in force that long)
+                ttl_s=2 * self.cfg.interval_s + 10)
         except Exception:
             logger.debug("publish failed", exc_info=True)

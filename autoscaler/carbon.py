@@ -11,6 +11,20 @@ price their amounts through it (replica-hours, energy above idle, provisioned GB
 It is linear in every amount, so the MILP can take its coefficients from it, and it broadcasts
 over numpy arrays, so the planner's cost tensor and the simulator's hourly totals use it as is.
 
+Per request (`RequestCarbonRate`): each planning cycle the actor spreads the slot's footprint (the
+amount its ledger charges) over the requests it expects in the slot, weighted by the GPU work
+each one causes, so that the per-request estimates the API returns add up to the ledger:
+
+    expected   N  = max(1, λ·Δ)               (λ: observed request rate, Δ: the interval in seconds)
+    weight     w  = a·u/ū + (1 − a)·o/ō       (u, o: a request's uncached prompt and output tokens;
+                                               ū, ō: their observed means; a: prefill's share of a
+                                               mean request's GPU work W = prefill·(1 − h) + decode)
+    request    g  = w · footprint / N         (operational and embodied alike)
+
+A mean request has w = 1; one served wholly from cache pays only for its decode share. An
+estimate prices the configured hardware profile (GPU type, PUE, embodied factors), not
+measured power.
+
 Defaults and their sources (DESIGN.md):
 - H100 power prefill / decode / idle 700 / 380 / 75 W; A100 400 / 250 / 63 W: Splitwise (ISCA'24)
   simulator configs.
@@ -102,6 +116,11 @@ class CarbonConfig(BaseModel):
     def storage_w(self, ssd_gb: float, dram_gb: float) -> float:
         return ssd_gb / 1000 * self.ssd_power_w_per_tb + dram_gb * self.dram_power_w_per_gb
 
+    def basis(self) -> str:
+        """The hardware profile an estimate prices, in words."""
+        return (f"estimate for {self.gpus_per_replica}x {self.gpu} per replica (Splitwise power model), "
+                f"PUE {self.pue:g}, embodied amortised over {self.server_life_years:g} years (EcoServe)")
+
     def busy_extra_w(self) -> float:
         """Power a busy replica draws above idle (W): busy replica-hours × this = busy Wh."""
         return self.replica_busy_w() - self.replica_idle_w()
@@ -119,6 +138,57 @@ class CarbonConfig(BaseModel):
                     + self.storage_embodied_g_per_h(0.0, 1.0) * dram_gb_hours)
         return Footprint(operational_g=energy_kwh * self.pue * intensity_g_per_kwh, embodied_g=embodied,
                          energy_kwh=energy_kwh)
+
+
+@dataclass(frozen=True)
+class RequestCarbonRate:
+    """What one request of the slot's mean mix costs (grams), and the mix that defines "mean"."""
+
+    operational_g: float
+    embodied_g: float
+    prefill_share: float
+    mean_uncached_tokens: float
+    mean_output_tokens: float
+    intensity_g_per_kwh: float
+    basis: str  # the hardware profile the estimate prices, for clients to read
+
+    @classmethod
+    def for_slot(cls, fp: Footprint, *, expected_requests: float, prefill_s: float, decode_s: float,
+                 hit_ratio: float, mean_uncached_tokens: float, mean_output_tokens: float,
+                 intensity_g_per_kwh: float, basis: str) -> "RequestCarbonRate":
+        n = max(1.0, float(expected_requests))
+        prefill = max(0.0, float(prefill_s) * (1 - float(hit_ratio)))
+        work = prefill + max(0.0, float(decode_s))
+        return cls(operational_g=float(fp.operational_g) / n, embodied_g=float(fp.embodied_g) / n,
+                   prefill_share=prefill / work if work > 0 else 0.0,
+                   mean_uncached_tokens=max(0.0, float(mean_uncached_tokens)),
+                   mean_output_tokens=max(0.0, float(mean_output_tokens)),
+                   intensity_g_per_kwh=float(intensity_g_per_kwh), basis=basis)
+
+    def weight(self, prompt_tokens: int, cached_tokens: int, output_tokens: int) -> float:
+        a = self.prefill_share
+        u = max(0, prompt_tokens - cached_tokens) / self.mean_uncached_tokens if self.mean_uncached_tokens else 1.0
+        o = output_tokens / self.mean_output_tokens if self.mean_output_tokens else 1.0
+        return a * u + (1 - a) * o
+
+    def estimate(self, prompt_tokens: int, cached_tokens: int, output_tokens: int) -> dict:
+        """The `usage.carbon` object of a response."""
+        w = self.weight(prompt_tokens, cached_tokens, output_tokens)
+        op, emb = w * self.operational_g, w * self.embodied_g
+        return {"operational_g_co2e": op, "embodied_g_co2e": emb, "total_g_co2e": op + emb,
+                "grid_intensity_g_per_kwh": self.intensity_g_per_kwh, "estimate": True, "basis": self.basis}
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, d: Optional[dict]) -> Optional["RequestCarbonRate"]:
+        if not d:
+            return None
+        try:
+            return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        except (KeyError, TypeError):
+            return None
 
 
 class CarbonLedger:

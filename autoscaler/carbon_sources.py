@@ -56,6 +56,12 @@ class ConstantSource:
         return [self.value] * hours
 
 
+def source_status(source) -> dict:
+    """What the decision log records about the source a cycle used."""
+    status = getattr(source, "status", None)
+    return status() if callable(status) else {"name": source.name, "healthy": True, "failures": 0}
+
+
 class TraceSource:
     """An Electricity Maps hourly CSV (`Datetime (UTC)`, `Carbon Intensity gCO₂eq/kWh (direct)`).
 
@@ -201,6 +207,14 @@ class ResilientSource:
         self.last: Optional[float] = None
         self.failures = 0
         self._failing = False
+
+    @property
+    def healthy(self) -> bool:
+        """False while the live service is failing (answers come from the last value or the fallback)."""
+        return not self._failing
+
+    def status(self) -> dict:
+        return {"name": self.name, "healthy": self.healthy, "failures": self.failures}
 
     def _failed(self, e: Exception) -> None:
         self.failures += 1

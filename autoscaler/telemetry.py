@@ -7,8 +7,9 @@ Publishers (fire-and-forget, every few seconds):
   accepted and finished, their prompt and output tokens, TTFT and TPOT;
 - the autoscaler (`AUTOSCALER_KEY`): a summary of its last decision, for `/metrics`.
 Readers: the autoscaler (its observation) and the ingress (`/metrics`), with timeouts.
-Entries older than `stale_after_s` (a replica that went away) are dropped. Nothing here may
-block serving: a missing hub costs a metric, never a request.
+Entries older than `stale_after_s` (a replica that went away) are dropped, or than their own
+`ttl_s` (the autoscaler's, which reports once per planning interval). Nothing here may block
+serving: a missing hub costs a metric, never a request.
 """
 
 from __future__ import annotations
@@ -31,16 +32,20 @@ def is_replica_key(key: str) -> bool:
 @ray.remote(num_cpus=0)
 class StatsHub:
     def __init__(self, stale_after_s: float = 10.0) -> None:
-        self._stats: dict[str, tuple[float, dict]] = {}
+        self._stats: dict[str, tuple[float, dict]] = {}  # key -> (expiry time, stats)
         self.stale_after_s = stale_after_s
 
-    def report(self, key: str, stats: dict) -> None:
-        self._stats[key] = (time.time(), stats)
+    def report(self, key: str, stats: dict, ttl_s: float | None = None) -> None:
+        self._stats[key] = (time.time() + (ttl_s or self.stale_after_s), stats)
 
     def snapshot(self) -> dict[str, dict]:
         now = time.time()
-        self._stats = {k: v for k, v in self._stats.items() if now - v[0] < self.stale_after_s}
+        self._stats = {k: v for k, v in self._stats.items() if now < v[0]}
         return {k: v[1] for k, v in self._stats.items()}
+
+    def get(self, key: str) -> dict | None:
+        v = self._stats.get(key)
+        return v[1] if v is not None and time.time() < v[0] else None
 
 
 def get_or_create_hub():

@@ -89,6 +89,15 @@ class Trace:
                 "full_blocks": blocks, "repeated_block_fraction": 1 - uniq / blocks if blocks else 0.0}
 
 
+MT_BENCH = DATA / "mt_bench_question.jsonl"
+
+
+def mt_bench_questions() -> list[dict]:
+    """The 80 MT-Bench questions: `{"question_id", "category", "turns": [first, second]}`."""
+    with open(MT_BENCH, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def _read(name: str) -> str:
     path = DATA / TRACES[name]
     with gzip.open(path, "rt", encoding="utf-8", newline="") as f:

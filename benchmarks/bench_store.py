@@ -84,7 +84,7 @@ def bench_case(kind: str, chunk: int, total: int, workdir: Path, redis_url: str)
         put_b = time.perf_counter() - t0
         def base_get():
             for b in _batches(keys):
-                held = [store.get(k) for k in b]
+                _ = [store.get(k) for k in b]
 
     # --- tier
     if kind == "disk":

@@ -18,13 +18,14 @@ MARK = "@@GC@@"
 
 
 class KVEngine:
-    def __init__(self, model: str, spec: dict, *, max_model_len: int = 4096, namespace_model: str | None = None):
+    def __init__(self, model: str, spec: dict | None, *, max_model_len: int = 4096, namespace_model: str | None = None):
+        """`spec` None: no connector and vLLM's own prefix cache on (the engine-only reference)."""
         from deployments.config import engine_env
 
         # The engine runs in this subprocess itself (no EngineCore child), so the connector
         # instances can be inspected in `_serve`.
         env = dict(os.environ, **engine_env(), VLLM_ENABLE_V1_MULTIPROCESSING="0")
-        if not spec.get("mac_key_file"):  # a key of its own: engines that share chunks must share one
+        if spec is not None and not spec.get("mac_key_file"):  # a key of its own: engines that share chunks must share one
             import tempfile
 
             from cache_store.keys import ensure_mac_key
@@ -83,11 +84,12 @@ def _serve(args: dict) -> None:
 
     from cache_store.config import kv_transfer_config
 
-    spec = dict(args["spec"])
-    if args.get("namespace_model"):
+    spec = dict(args["spec"]) if args["spec"] is not None else None
+    if spec is not None and args.get("namespace_model"):
         spec["namespace_model"] = args["namespace_model"]
     llm = LLM(model=args["model"], enforce_eager=True, max_model_len=args["max_model_len"],
-              enable_prefix_caching=False, seed=0, kv_transfer_config=kv_transfer_config(spec))
+              enable_prefix_caching=spec is None, seed=0,
+              kv_transfer_config=kv_transfer_config(spec) if spec is not None else None)
     from cache_store import connector
 
     def reply(obj):
@@ -121,7 +123,7 @@ def _serve(args: dict) -> None:
                                                       "num_cached_tokens": o.num_cached_tokens}})
             elif msg["op"] == "stats":
                 workers = [c for c in connector.instances() if c._role.name == "WORKER"]
-                reply(workers[0].connector_stats())
+                reply(workers[0].connector_stats() if workers else {})
         except Exception:
             reply({"error": traceback.format_exc()})
 

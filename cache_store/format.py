@@ -35,6 +35,7 @@ FORMAT_VERSION = 2  # 1: CRC32 instead of the MAC
 _PREFIX = struct.Struct("<4sHBB16s16sQ")  # everything before the MAC
 MAC_BYTES = 16
 _HEADER_SIZE = _PREFIX.size + MAC_BYTES
+PREFIX_BYTES = _PREFIX.size  # header bytes the MAC covers before the shape
 MIN_MAC_KEY_BYTES = 16
 
 # Stable codes; never renumber.
@@ -75,11 +76,16 @@ class Namespace:
 
 def chunk_keys(namespace: Namespace, token_ids: Sequence[int], max_tokens: int | None = None) -> list[str]:
     """Keys of the full chunks of `token_ids` (only the first `max_tokens` tokens count)."""
+    return chunk_keys_in(namespace.id, namespace.chunk_tokens, token_ids, max_tokens)
+
+
+def chunk_keys_in(ns: str, chunk_tokens: int, token_ids: Sequence[int], max_tokens: int | None = None) -> list[str]:
+    """`chunk_keys` for a namespace known only by its id (the part of a stored key before ':'),
+    as a tool outside the engine sees it."""
     n = len(token_ids) if max_tokens is None else min(len(token_ids), max_tokens)
-    c = namespace.chunk_tokens
+    c = chunk_tokens
     keys = []
     prev = b""
-    ns = namespace.id
     arr = np.asarray(token_ids[: (n // c) * c], dtype=np.int64)
     for i in range(n // c):
         h = hashlib.blake2b(prev, digest_size=16)

@@ -117,7 +117,21 @@ def loopback_host(host: str) -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that nothing listens on at `host` right now."""
+    """A TCP port that nothing listens on at `host` right now, chosen below the kernel's
+    ephemeral range (32768-60999 on Linux): a port the kernel hands out for `bind(0)` can be
+    handed again to one of the many processes Ray starts before ours binds it (seen as Serve's
+    NoAvailablePortError for a direct-ingress port)."""
+    import random
+
+    addr = loopback_host(host)
+    for _ in range(100):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind((addr, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
-        s.bind((loopback_host(host), 0))
+        s.bind((addr, 0))
         return s.getsockname()[1]

@@ -51,7 +51,7 @@ def _replica_options(config: ServeConfig, app: str, autoscaling_config: Optional
         ray_actor_options={
             "num_cpus": config.replica_num_cpus,
             "num_gpus": config.replica_num_gpus,
-            "runtime_env": {"env_vars": engine_env()},
+            "runtime_env": {"env_vars": engine_env(config.engine_kwargs)},
         },
         request_router_config=RequestRouterConfig(
             request_router_class="deployments.routing:PrefixAffinityRouter",
@@ -81,8 +81,10 @@ class AutoscalerReplica:
 
     def __init__(self, config: dict, app: str, deployment_id: str, home: Optional[str] = None) -> None:
         from autoscaler.actor import CarbonAutoscaler
+        from deployments.logs import to_replica_log
         from deployments.settings import settings
 
+        to_replica_log()
         self._impl = CarbonAutoscaler(config, home or settings().home, app, deployment_id)
 
     def __getattr__(self, name: str):

@@ -31,9 +31,15 @@ CPU_ENGINE_ENV = {
 }
 
 
-def engine_env() -> dict[str, str]:
-    """Environment variables for engine processes (replica actors, vLLM baseline servers)."""
+def engine_env(engine_kwargs: Optional[dict[str, Any]] = None) -> dict[str, str]:
+    """Environment variables for engine processes (replica actors, vLLM baseline servers).
+
+    With `kv_cache_memory_bytes` among the engine's arguments, VLLM_CPU_KVCACHE_SPACE is left
+    out: on CPU, vLLM lets the variable (whole GiB, even "0") override the argument. The
+    variable must then be absent from the engine's environment altogether (the caller's too)."""
     env = dict(CPU_ENGINE_ENV)
+    if engine_kwargs and engine_kwargs.get("kv_cache_memory_bytes"):
+        env.pop("VLLM_CPU_KVCACHE_SPACE")
     if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
         env["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{max(0, (os.cpu_count() or 1) - 1)}"
     for k in list(env):

@@ -28,7 +28,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from autoscaler.carbon import CarbonConfig
-from autoscaler.telemetry import INGRESS_KEY, get_or_create_hub
+from autoscaler.carbon import RequestCarbonRate
+from autoscaler.telemetry import AUTOSCALER_KEY, INGRESS_KEY, get_or_create_hub
 from deployments import http_guard
 from deployments.config import RoutingConfig
 from deployments.metrics import ServingMetrics, StoreMetricsCollector
@@ -47,6 +48,7 @@ logger = logging.getLogger("greencache.ingress")
 app = FastAPI(title="GreenCache OpenAI-compatible API")
 app.add_middleware(http_guard.RequestGuard)
 PUBLISH_EVERY_S = 2.0  # how often the ingress's request count goes to the telemetry hub
+PRICE_POLLS_PER_PUBLISH = 4  # ... and how often in between it reads the autoscaler's carbon price
 BODY_MODELS = {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatCompletionRequest}
 _ERR = {"model": ErrorResponse}
 ERROR_RESPONSES = {400: {**_ERR, "description": "Invalid request: the message names the field"},
@@ -67,6 +69,9 @@ def _count(path: str, status: int) -> None:
 
 def _error_response(err: APIError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers or None)
+
+
+REPLICA_ATTEMPTS = 3  # replicas a request may be sent to when they die before answering
 
 
 def _server_error(e: BaseException, request_id: str) -> APIError:
@@ -126,14 +131,17 @@ class LoadCounters:
     finished: int = 0  # ... and answered whole (the sums below are over these)
     prompt_tokens: int = 0
     prompt_tokens_sq: float = 0.0  # Σ n²: prefill is quadratic in n (effective prompt length)
+    cached_tokens: int = 0  # prompt tokens a prefix cache (engine or store) served
     output_tokens: int = 0
     ttft_s: float = 0.0
     tpot_s: float = 0.0
     tpot_count: int = 0  # requests with at least two tokens
 
-    def finished_request(self, prompt: int, output: int, ttft_s: Optional[float], tpot_s: Optional[float]) -> None:
+    def finished_request(self, prompt: int, output: int, ttft_s: Optional[float], tpot_s: Optional[float],
+                         cached: int = 0) -> None:
         self.finished += 1
         self.prompt_tokens += prompt
+        self.cached_tokens += cached
         self.prompt_tokens_sq += float(prompt) * prompt
         self.output_tokens += output
         self.ttft_s += ttft_s or 0.0
@@ -143,12 +151,13 @@ class LoadCounters:
 
 
 class Generation:
-    """One request's output as it arrives: text, token counts, latency metrics and usage."""
+    """One request's output as it arrives: text, token counts, latency metrics, usage and carbon."""
 
     def __init__(self, metrics: ServingMetrics, model: str, endpoint: str, arrival: float, first: dict,
-                 counters: Optional[LoadCounters] = None) -> None:
+                 counters: Optional[LoadCounters] = None, carbon_rate: Optional[RequestCarbonRate] = None) -> None:
         self.m, self.model, self.endpoint, self.arrival = metrics, model, endpoint, arrival
         self.counters = counters
+        self.carbon_rate = carbon_rate
         self._t_first: Optional[float] = None
         self.replica_id = first.get("replica_id", "")
         self.prompt_tokens = first.get("prompt_tokens", 0)
@@ -177,13 +186,23 @@ class Generation:
         if "cached_tokens" in chunk:
             self.cached = chunk["cached_tokens"]
 
+    def carbon(self) -> Optional[dict]:
+        """This request's estimated carbon (`usage.carbon`), once the autoscaler has priced a slot."""
+        if self.carbon_rate is None:
+            return None
+        return self.carbon_rate.estimate(self.prompt_tokens, self.cached, self.tokens)
+
     def usage(self) -> dict:
-        return {
+        u = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.tokens,
             "total_tokens": self.prompt_tokens + self.tokens,
             "prompt_tokens_details": {"cached_tokens": self.cached},
         }
+        carbon = self.carbon()
+        if carbon is not None:
+            u["carbon"] = carbon
+        return u
 
     def finish(self, status: str) -> None:
         m = self.m
@@ -195,7 +214,11 @@ class Generation:
         if status == "200" and self.counters is not None:
             ttft = None if self._t_first is None else self._t_first - self.arrival
             tpot = (self._t_last - self._t_first) / (self.tokens - 1) if self.tokens > 1 and self._t_first else None
-            self.counters.finished_request(self.prompt_tokens, self.tokens, ttft, tpot)
+            self.counters.finished_request(self.prompt_tokens, self.tokens, ttft, tpot, self.cached)
+        carbon = self.carbon() if status == "200" else None
+        if carbon is not None:
+            m.carbon.labels("operational").inc(carbon["operational_g_co2e"])
+            m.carbon.labels("embodied").inc(carbon["embodied_g_co2e"])
 
 
 class OpenAIIngress:
@@ -216,6 +239,10 @@ class OpenAIIngress:
         max_queued_requests: int = 256,
     ):
         from transformers import AutoTokenizer
+
+        from deployments.logs import to_replica_log
+
+        to_replica_log()
 
         # `_by_reference=False`: token chunks come back over Serve's gRPC channel to the replica
         # instead of as Ray objects (one owner RPC and object-store entry per chunk). That is
@@ -242,10 +269,12 @@ class OpenAIIngress:
         self.store_metrics = StoreMetricsCollector(CarbonConfig.model_validate(carbon))
         self.metrics.registry.register(self.store_metrics)
         self.counters = LoadCounters()
+        self.carbon_rate: Optional[RequestCarbonRate] = None  # the autoscaler's latest, see _publish_load
         self._publisher = asyncio.get_event_loop().create_task(self._publish_load())
 
     async def _publish_load(self) -> None:
-        """Push this replica's load counters to the telemetry hub (see `LoadCounters`)."""
+        """Push this replica's load counters to the telemetry hub (see `LoadCounters`), and take
+        the autoscaler's latest per-request carbon price from it (kept if the hub is away)."""
         from ray import serve
 
         try:
@@ -254,12 +283,16 @@ class OpenAIIngress:
             key = INGRESS_KEY
         hub = None
         while True:
-            await asyncio.sleep(PUBLISH_EVERY_S)
             try:
                 hub = hub or get_or_create_hub()
                 hub.report.remote(key, {"time": time.time(), **asdict(self.counters)})
+                for _ in range(PRICE_POLLS_PER_PUBLISH):  # a new plan's price reaches requests within 0.5 s
+                    a = await asyncio.wait_for(hub.get.remote(AUTOSCALER_KEY), timeout=PUBLISH_EVERY_S)
+                    self.carbon_rate = RequestCarbonRate.from_json((a or {}).get("request_carbon")) or self.carbon_rate
+                    await asyncio.sleep(PUBLISH_EVERY_S / PRICE_POLLS_PER_PUBLISH)
             except Exception:
                 hub = None
+                await asyncio.sleep(PUBLISH_EVERY_S)
 
     # ---- request preamble ---------------------------------------------------------------
 
@@ -320,31 +353,45 @@ class OpenAIIngress:
 
     # ---- generation ---------------------------------------------------------------------
 
-    async def _first_chunk(self, gen, it, endpoint: str, request_id: str) -> dict:
-        """The replica's first chunk; a failure before it is a 500 (nothing was sent yet), and
-        sampling parameters the engine refuses are the client's 400."""
-        try:
-            first = await it.__anext__()
-        except StopAsyncIteration:
-            gen.cancel()
-            raise _server_error(RuntimeError("the engine returned no output"), request_id) from None
-        except Exception as e:
-            gen.cancel()
-            self.metrics.requests.labels(endpoint, "500").inc()
-            raise _server_error(e, request_id) from None
+    async def _first_chunk(self, engine_req: dict, endpoint: str, request_id: str):
+        """(generator, iterator, first chunk) from a replica. A replica that dies before its
+        first chunk (killed, its node lost) has sent the client nothing, so the request goes to
+        another one, up to REPLICA_ATTEMPTS times; any other failure before the first chunk is a
+        500. Sampling parameters the engine refuses are the client's 400."""
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        for attempt in range(1, REPLICA_ATTEMPTS + 1):
+            gen = self.llm_stream.generate.remote(engine_req)
+            it = gen.__aiter__()
+            try:
+                first = await it.__anext__()
+                break
+            except StopAsyncIteration:
+                gen.cancel()
+                raise _server_error(RuntimeError("the engine returned no output"), request_id) from None
+            except (RayActorError, ActorUnavailableError) as e:
+                gen.cancel()
+                if attempt < REPLICA_ATTEMPTS:
+                    logger.warning("request %s: its replica was lost before answering (%s); sending it to another",
+                                   request_id, type(e).__name__)
+                    continue
+                self.metrics.requests.labels(endpoint, "500").inc()
+                raise _server_error(e, request_id) from None
+            except Exception as e:
+                gen.cancel()
+                self.metrics.requests.labels(endpoint, "500").inc()
+                raise _server_error(e, request_id) from None
         if "error" in first:
             self.metrics.requests.labels(endpoint, "400").inc()
             raise APIError(400, f"invalid sampling parameters: {first['error']['message']}",
                            param=first["error"].get("param"), code="invalid_value")
-        return first
+        return gen, it, first
 
     async def _run(self, engine_req: dict, req, *, endpoint: str, renderer, arrival: float) -> Response:
         """Send `engine_req` to a replica and answer with the whole response or an SSE stream."""
         self.counters.requests_total += 1
-        gen = self.llm_stream.generate.remote(engine_req)
-        it = gen.__aiter__()
-        first = await self._first_chunk(gen, it, endpoint, renderer.id)
-        out = Generation(self.metrics, self.model_name, endpoint, arrival, first, self.counters)
+        gen, it, first = await self._first_chunk(engine_req, endpoint, renderer.id)
+        out = Generation(self.metrics, self.model_name, endpoint, arrival, first, self.counters, self.carbon_rate)
         headers = {"x-greencache-replica": out.replica_id, "x-request-id": renderer.id}
         if not req.stream:
             return await self._whole(it, first, out, renderer, headers)

@@ -58,6 +58,21 @@ def use_loopback_ray() -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+# Variables start_local_ray set for the Ray it starts, with their values before: stop_all puts
+# them back, so processes this one starts later do not inherit Serve settings meant for replicas
+# (a driver that inherits RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0 cannot call a handle from sync code).
+_env_before: dict[str, Optional[str]] = {}
+
+
+def _restore_env() -> None:
+    for k, v in _env_before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    _env_before.clear()
+
+
 def start_local_ray(num_cpus: Optional[int] = None, env: Optional[dict[str, str]] = None) -> bool:
     """Start a single-node Ray bound to 127.0.0.1; False (and nothing done) if Ray is already up.
 
@@ -71,9 +86,10 @@ def start_local_ray(num_cpus: Optional[int] = None, env: Optional[dict[str, str]
 
     if ray.is_initialized():
         return False
-    os.environ.update(env or {})
-    for k, v in SERVE_PERF_ENV.items():
-        os.environ.setdefault(k, v)
+    wanted = {**{k: v for k, v in SERVE_PERF_ENV.items() if k not in os.environ}, **(env or {})}
+    for k, v in wanted.items():
+        _env_before.setdefault(k, os.environ.get(k))
+        os.environ[k] = v
     logical = num_cpus or max(4, (os.cpu_count() or 1) * 2)
     ray.init(
         address="local",
@@ -308,3 +324,4 @@ def stop_all(timeout_s: float = 60.0) -> None:
         _owned_redis.stop()
         _owned_redis = None
     _terminate(descendants)
+    _restore_env()

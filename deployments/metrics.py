@@ -54,6 +54,12 @@ class ServingMetrics:
             "Prompt tokens served from a prefix cache instead of prefill.",
             ["model"], registry=r,
         )
+        self.carbon = Counter(
+            "greencache_carbon_grams",
+            "Estimated carbon of answered requests (gCO2e), operational and embodied: the per-request "
+            "estimates of usage.carbon (autoscaler/carbon.py).",
+            ["kind"], registry=r,
+        )
         self.requests = Counter(
             "greencache_requests",
             "Requests by endpoint and HTTP status.",
@@ -101,6 +107,7 @@ _AUTOSCALER_METRICS = (
     ("capacity_gb", "greencache_autoscaler_cache_capacity_gb", "Disk-tier capacity of the current plan (GB)."),
     ("operational_g", "greencache_autoscaler_operational_carbon_g", "Predicted operational carbon so far (g)."),
     ("embodied_g", "greencache_autoscaler_embodied_carbon_g", "Predicted embodied carbon so far (g)."),
+    ("cycle", "greencache_autoscaler_cycles", "Planning cycles run by this deployment's autoscaler."),
 )
 
 

@@ -63,7 +63,9 @@ class LLMReplica:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         from deployments.config import EngineConfig
+        from deployments.logs import to_replica_log
 
+        to_replica_log()
         self.config = EngineConfig.model_validate(engine_config)
         try:
             self.replica_id = serve.get_replica_context().replica_id.unique_id

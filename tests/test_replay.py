@@ -47,3 +47,53 @@ def test_replay_against_a_running_endpoint(greencache_server):
     bad = subprocess.run([sys.executable, "-m", "greencache.cli", "bench", "replay", "--url", "http://127.0.0.1:9"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "cannot list models" in bad.stderr
+
+
+def test_text_prompts_tokenize_back_to_the_same_ids(demo_model):
+    from transformers import AutoTokenizer
+
+    from benchmarks.replay import WordPrompts
+
+    tok = AutoTokenizer.from_pretrained(str(demo_model))
+    words = WordPrompts(tok)
+    ids = [5, 17, 3, 250, 99] * 40
+    text = words.text(ids)
+    assert tok.encode(text, add_special_tokens=False) == [words.ids[i % len(words.ids)] for i in ids]
+    # a shared id prefix is a shared text prefix and a shared token prefix
+    a, b = words.text(ids[:120] + [1, 2]), words.text(ids[:120] + [7, 8])
+    assert a[:len(words.text(ids[:120]))] == b[:len(words.text(ids[:120]))]
+
+
+def test_mt_bench_sessions_are_two_turns_of_real_questions():
+    from autoscaler.workloads import mt_bench_questions
+    from benchmarks.replay import mt_bench_sessions, session_working_set_tokens
+
+    qs = {q["question_id"]: q for q in mt_bench_questions()}
+    assert len(qs) == 80 and all(len(q["turns"]) == 2 for q in qs.values())
+    s = mt_bench_sessions(duration_s=120, rps=2.0, system_tokens=128, think_s=5, vocab=250, seed=3)
+    assert 80 <= len(s) <= 160  # ~1 session/s, two requests each
+    assert all(0 <= x.t < 120 for x in s) and [x.t for x in s] == sorted(x.t for x in s)
+    first = s[0]
+    q = qs[first.question_id]
+    assert len(first.turns[0]) == round(len(q["turns"][0]) / 4) and len(first.turns[1]) == round(len(q["turns"][1]) / 4)
+    assert all(x.system == first.system for x in s) and len(first.system) == 128
+    # the same question asked in two sessions is the same text; another seed writes other text
+    again = next(x for x in s[1:] if x.question_id == first.question_id)
+    assert again.turns == first.turns
+    other = mt_bench_sessions(duration_s=120, rps=2.0, system_tokens=128, think_s=5, vocab=250, seed=4)
+    assert other[0].system != first.system
+    assert session_working_set_tokens(s, 64) == 128 + sum(len(x.turns[0]) + 64 + len(x.turns[1]) for x in s)
+
+
+def test_mt_bench_second_turns_reuse_the_first(greencache_server):
+    s = greencache_server
+    out = subprocess.run(
+        [sys.executable, "-m", "greencache.cli", "bench", "replay", "--trace", "mt-bench", "--url", s.url,
+         "--api-key", s.api_key, "--rps", "2", "--duration-s", "6", "--think-s", "0.5", "--system-tokens", "64",
+         "--answer-tokens", "16", "--max-output-tokens", "4", "--json", "--quiet"],
+        capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["requests"] % 2 == 0 and r["requests"] >= 4 and r["failed"] == 0
+    # second turns resend the first turn and its answer: the server finds those prefixes cached
+    assert r["cached_prompt_tokens"] > 0 and r["working_set_tokens"] > 64

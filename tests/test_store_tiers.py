@@ -130,7 +130,10 @@ def test_redis_down_is_a_miss_and_recovers():
     server.start()  # restarted empty (no persistence)
     import time
 
-    time.sleep(0.3)
+    deadline = time.monotonic() + 3  # the monitor's pings: 0.2 s, then doubling
+    while not t.healthy:
+        assert time.monotonic() < deadline, "the breaker did not close after Redis came back"
+        time.sleep(0.05)
     t.put_many(items(1, start=7))
     assert t.get_many(["ns:0007"])[0] == bytes([7]) * 10 * KB
     assert t.healthy

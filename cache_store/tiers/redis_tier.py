@@ -7,13 +7,18 @@ After a write pushes `gc:used` over `capacity_bytes`, the writer evicts the olde
 it is back under. Where GreenCache owns the server, also run it with `maxmemory` and
 `maxmemory-policy allkeys-lru` (see `start_redis_server`) as a backstop.
 
-Failure semantics: every call has a deadline: `lookup_timeout_s` (short: lookups run on the
-engine's scheduling path) for existence checks, `socket_timeout_s` for moving chunks. An error
-or a missed deadline opens a circuit breaker; while open, lookups and gets are misses and puts
-are dropped without touching the network, so a down or stalled Redis (a stopped process
-accepts connections and never answers) costs nothing per request. The breaker stays open
-`retry_after_s` after the first failure and doubles after each failed retry, up to
-`max_retry_after_s`; one success closes it (redis-py reconnects).
+Failure semantics: every call has a deadline, short where an engine waits for it:
+`lookup_timeout_s` for existence checks (the scheduler's path), `read_timeout_s` for reading and
+deleting chunks (the forward pass's path; the deadline bounds each socket read, not the whole
+transfer), `socket_timeout_s` for writes (a background thread). An error or a missed deadline
+opens a circuit breaker; while open, lookups and gets are misses and puts are dropped without
+touching the network. Requests never pay for the retries: a monitor thread pings Redis
+`retry_after_s` after the first failure, then at doubling intervals up to `max_retry_after_s`,
+and closes the breaker when it answers (redis-py reconnects). So a down or stalled Redis (a
+stopped process accepts connections and never answers) costs the calls in flight when it
+failed one short deadline each, then nothing, and reads resume within `max_retry_after_s` of
+its return. The same thread refreshes the shared used-bytes counter that `stats()` reports, so
+publishing stats never waits on the network either.
 
 Secrets: the password never travels in the URL (which vLLM logs with its configuration). It is
 read, in the process that connects, from `password_file` or the environment variable named by
@@ -24,8 +29,9 @@ over TLS (`?ssl_ca_certs=/path/ca.pem` names the CA).
 from __future__ import annotations
 
 import logging
-import time
 import os
+import threading
+import time
 from typing import Optional, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
@@ -62,8 +68,9 @@ class RedisTier:
     name = "redis"
 
     def __init__(self, url: str, capacity_bytes: int, *, prefix: str = "gc:", socket_timeout_s: float = 1.0,
-                 lookup_timeout_s: float = 0.1, retry_after_s: float = 0.5, max_retry_after_s: float = 5.0,
-                 password_file: Optional[str] = None, password_env: Optional[str] = None) -> None:
+                 read_timeout_s: float = 0.25, lookup_timeout_s: float = 0.1, retry_after_s: float = 0.5,
+                 max_retry_after_s: float = 5.0, refresh_s: float = 2.0, password_file: Optional[str] = None,
+                 password_env: Optional[str] = None) -> None:
         import redis
 
         self.url = redact_url(url)  # what logs and stats may show
@@ -75,18 +82,26 @@ class RedisTier:
         password = read_password(password_file, password_env)
         if password is not None:
             kwargs["password"] = password
-        self.client = redis.Redis.from_url(url, socket_timeout=socket_timeout_s,
-                                           socket_connect_timeout=socket_timeout_s, **kwargs)
-        self.probe = redis.Redis.from_url(url, socket_timeout=lookup_timeout_s,
-                                          socket_connect_timeout=lookup_timeout_s, **kwargs)
+        def connect(timeout_s: float):
+            return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **kwargs)
+
+        self.client = connect(socket_timeout_s)  # writes and evictions (background threads)
+        self.reader = connect(read_timeout_s)  # chunk reads and deletes (the forward pass)
+        self.probe = connect(lookup_timeout_s)  # existence checks (the scheduler), pings
         self.s = TierStats()
-        self._down_until = 0.0
+        self._down_until = 0.0  # 0: breaker closed; else open, and the monitor's next ping is due then
         self._backoff_s = retry_after_s
         self.circuit_opens = 0
+        self._used = 0  # the shared counter, as last seen
+        self.refresh_s = refresh_s
+        self._closed = threading.Event()
+        self._wake = threading.Event()
+        self._monitor = threading.Thread(target=self._monitor_loop, name="greencache-redis-monitor", daemon=True)
+        self._monitor.start()
 
     # ---- circuit breaker ------------------------------------------------------------
     def _available(self) -> bool:
-        return time.monotonic() >= self._down_until
+        return self._down_until == 0.0
 
     def _fail(self, e: Exception) -> None:
         self.s.errors += 1
@@ -96,14 +111,33 @@ class RedisTier:
             self._backoff_s = self.retry_after_s
             logger.warning("redis tier %s unavailable (%s: %s); retrying in %.1fs", self.url, type(e).__name__, e,
                            self._backoff_s)
-        elif now >= self._down_until:  # a retry failed: wait longer next time
-            self._backoff_s = min(self.max_retry_after_s, self._backoff_s * 2)
-        self._down_until = now + self._backoff_s
+            self._down_until = now + self._backoff_s
+            self._wake.set()
 
-    def _succeeded(self) -> None:
-        if self._down_until:
+    def _monitor_loop(self) -> None:
+        """Retry an open breaker with pings (back-off doubling), and refresh the used-bytes
+        counter while healthy: the only Redis calls no request asked for."""
+        while not self._closed.is_set():
+            if self._down_until == 0.0:
+                try:
+                    self._used = int(self.probe.get(self.prefix + "used") or 0)
+                except Exception as e:
+                    self._fail(e)
+                    continue
+                self._wake.wait(self.refresh_s)
+                self._wake.clear()
+                continue
+            self._closed.wait(max(0.0, self._down_until - time.monotonic()))
+            if self._closed.is_set():
+                return
+            try:
+                self.probe.ping()
+            except Exception:
+                self._backoff_s = min(self.max_retry_after_s, self._backoff_s * 2)
+                self._down_until = time.monotonic() + self._backoff_s
+                continue
             logger.warning("redis tier %s is back", self.url)
-        self._down_until = 0.0
+            self._down_until = 0.0
 
     @property
     def healthy(self) -> bool:
@@ -117,11 +151,10 @@ class RedisTier:
         t0 = time.perf_counter()
         try:
             # one round trip: the values, and the LRU touch (xx: only keys still tracked)
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self.reader.pipeline(transaction=False)
             pipe.mget(list(keys))
             pipe.zadd(self.prefix + "lru", {k: time.time() for k in keys}, xx=True)
             values = pipe.execute()[0]
-            self._succeeded()
         except Exception as e:  # redis.RedisError, OSError
             self._fail(e)
             return [None] * len(keys)
@@ -140,9 +173,7 @@ class RedisTier:
             pipe = self.probe.pipeline(transaction=False)
             for k in keys:
                 pipe.exists(k)
-            found = [bool(x) for x in pipe.execute()]
-            self._succeeded()
-            return found
+            return [bool(x) for x in pipe.execute()]
         except Exception as e:
             self._fail(e)
             return [False] * len(keys)
@@ -174,10 +205,10 @@ class RedisTier:
             if added:
                 pipe.incrby(self.prefix + "used", added)
             res = pipe.execute()
-            self._succeeded()
-            used = int(res[-1]) if added else None
-            if used is not None and used > self.capacity_bytes:
-                self._evict_until(self.capacity_bytes)
+            if added:
+                self._used = int(res[-1])
+                if self._used > self.capacity_bytes:
+                    self._evict_until(self.capacity_bytes)
         except Exception as e:
             self._fail(e)
             self.s.dropped_puts += len(items)
@@ -204,7 +235,7 @@ class RedisTier:
             pipe.delete(*keys)
             pipe.hdel(self.prefix + "size", *keys)
             pipe.decrby(self.prefix + "used", freed)
-            pipe.execute()
+            self._used = int(pipe.execute()[-1])
             self.s.evictions += len(keys)
             self.s.evicted_bytes += freed
 
@@ -212,8 +243,8 @@ class RedisTier:
         if not keys or not self._available():
             return
         try:
-            sizes = self.client.hmget(self.prefix + "size", list(keys))
-            pipe = self.client.pipeline(transaction=False)
+            sizes = self.reader.hmget(self.prefix + "size", list(keys))
+            pipe = self.reader.pipeline(transaction=False)
             pipe.delete(*keys)
             pipe.zrem(self.prefix + "lru", *keys)
             pipe.hdel(self.prefix + "size", *keys)
@@ -233,20 +264,19 @@ class RedisTier:
                 self._fail(e)
 
     def used_bytes(self) -> int:
-        if not self._available():
-            return 0
-        try:
-            return int(self.client.get(self.prefix + "used") or 0)
-        except Exception as e:
-            self._fail(e)
-            return 0
+        """Bytes stored by every writer, as of this process's last write or the monitor's last
+        refresh (at most `refresh_s` old); no network call."""
+        return self._used
 
     def stats(self) -> dict:
         return {"tier": self.name, "capacity_bytes": self.capacity_bytes, "used_bytes": self.used_bytes(),
                 "healthy": self.healthy, "circuit_opens": self.circuit_opens, **self.s.as_dict()}
 
     def close(self) -> None:
-        try:
-            self.client.close()
-        except Exception:
-            pass
+        self._closed.set()
+        self._wake.set()
+        for c in (self.client, self.reader, self.probe):
+            try:
+                c.close()
+            except Exception:
+                pass
