@@ -29,27 +29,33 @@ def _prompt(seed: int, n: int, vocab: int) -> list[int]:
     return [r.randrange(10, vocab) for _ in range(n)]
 
 
+def _cold_then_hit(eng, seed: int, args, vocab: int, label: str) -> tuple[float, float, float]:
+    """After a warm-up prompt, each of `args.prompts` fresh prompts twice: median TTFT cold,
+    median TTFT again (its prefix now cached), median cached tokens on the second run."""
+    eng.timed_generate(_prompt(seed - 1, args.prompt_tokens, vocab))  # warm-up
+    cold, hit, cached = [], [], []
+    for i in range(args.prompts):
+        pr = _prompt(seed + i, args.prompt_tokens, vocab)
+        c, _ = eng.timed_generate(pr)
+        h, out = eng.timed_generate(pr)
+        cold.append(c)
+        hit.append(h)
+        cached.append(out["num_cached_tokens"])
+        print(f"[kv-reuse] {label}: cold {c:.3f}s hit {h:.3f}s cached {out['num_cached_tokens']}",
+              file=sys.stderr, flush=True)
+    return statistics.median(cold), statistics.median(hit), statistics.median(cached)
+
+
 def _engine_hit(model: str, args, vocab: int) -> dict:
     """vLLM's own prefix cache, no connector: TTFT cold and with the prompt's KV in memory."""
     from benchmarks.kv_engine import KVEngine
 
     eng = KVEngine(model, None, max_model_len=max(8192, args.prompt_tokens + 64))
     try:
-        eng.timed_generate(_prompt(990, args.prompt_tokens, vocab))  # warm-up
-        cold, hit, cached = [], [], []
-        for i in range(args.prompts):
-            pr = _prompt(900 + i, args.prompt_tokens, vocab)
-            c, _ = eng.timed_generate(pr)
-            h, out = eng.timed_generate(pr)
-            cold.append(c)
-            hit.append(h)
-            cached.append(out["num_cached_tokens"])
-            print(f"[kv-reuse] engine prefix cache: cold {c:.3f}s hit {h:.3f}s cached {out['num_cached_tokens']}",
-                  file=sys.stderr, flush=True)
+        cold, hit, cached = _cold_then_hit(eng, 900, args, vocab, "engine prefix cache")
     finally:
         eng.close()
-    return {"ttft_engine_cold_s": statistics.median(cold), "ttft_engine_hit_s": statistics.median(hit),
-            "engine_cached_tokens": statistics.median(cached)}
+    return {"ttft_engine_cold_s": cold, "ttft_engine_hit_s": hit, "engine_cached_tokens": cached}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,17 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"unknown tier {tier!r}")
             eng = KVEngine(model, {"chunk_tokens": 256, "tiers": tiers}, max_model_len=max(8192, args.prompt_tokens + 64))
             try:
-                eng.timed_generate(_prompt(999 + ti, args.prompt_tokens, vocab))  # warm-up
-                cold, hit, cached = [], [], []
-                for i in range(args.prompts):
-                    pr = _prompt(1000 * (ti + 1) + i, args.prompt_tokens, vocab)
-                    c, _ = eng.timed_generate(pr)
-                    h, out = eng.timed_generate(pr)
-                    cold.append(c)
-                    hit.append(h)
-                    cached.append(out["num_cached_tokens"])
-                    print(f"[kv-reuse] {tier}: cold {c:.3f}s hit {h:.3f}s cached {out['num_cached_tokens']}",
-                          file=sys.stderr, flush=True)
+                cold, hit, cached = _cold_then_hit(eng, 1000 * (ti + 1), args, vocab, tier)
                 pr = _prompt(5000 + ti, args.prompt_tokens, vocab)
                 ref = eng.generate([pr], max_tokens=16)[0]
                 again = eng.generate([pr], max_tokens=16)[0]
@@ -104,10 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 eng.close()
             results[tier] = {
-                "ttft_cold_s": statistics.median(cold),
-                "ttft_hit_s": statistics.median(hit),
-                "speedup": statistics.median(cold) / statistics.median(hit),
-                "cached_tokens": statistics.median(cached),
+                "ttft_cold_s": cold,
+                "ttft_hit_s": hit,
+                "speedup": cold / hit,
+                "cached_tokens": cached,
                 "outputs_identical": ref["token_ids"] == again["token_ids"] and again["num_cached_tokens"] > 0,
                 "loaded_chunks": st["loaded_chunks"],
                 "failed_chunks": st["failed_chunks"],

@@ -268,13 +268,14 @@ class Workload:
     requests: list[dict]  # open-loop token-id requests (traces)
     sessions: list[Session]  # two-turn sessions (mt-bench)
     working_set_tokens: int
+    answer_tokens: int = 0  # mt-bench: the first turn's answer, which the second turn's prompt carries
 
     @classmethod
     def build(cls, a: argparse.Namespace, trace: str, seed: int) -> "Workload":
         if trace == MT_BENCH:
             sessions = mt_bench_sessions(duration_s=a.duration_s, rps=a.rps, system_tokens=a.system_tokens,
                                          think_s=a.think_s, vocab=a.vocab, seed=seed)
-            return cls(trace, [], sessions, session_working_set_tokens(sessions, a.answer_tokens))
+            return cls(trace, [], sessions, session_working_set_tokens(sessions, a.answer_tokens), a.answer_tokens)
         from autoscaler.workloads import load_trace
 
         tr = load_trace(trace, days=(a.duration_s + 60) / 86400, rps=a.rps, seed=seed)
@@ -287,8 +288,9 @@ class Workload:
         return len(self.requests) + 2 * len(self.sessions)
 
     def mean_prompt_tokens(self) -> float:
-        if self.sessions:
-            return sum(len(s.system) * 2 + len(s.turns[0]) * 2 + len(s.turns[1]) for s in self.sessions) / len(self)
+        if self.sessions:  # turn 1: system + q1; turn 2: system + q1 + answer + q2
+            return sum(2 * (len(s.system) + len(s.turns[0])) + self.answer_tokens + len(s.turns[1])
+                       for s in self.sessions) / len(self)
         return sum(len(r["prompt"]) for r in self.requests) / max(len(self.requests), 1)
 
     def run(self, url: str, model: str, a: argparse.Namespace, *, api_key: Optional[str], words: Optional[WordPrompts],

@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -202,28 +203,25 @@ class System:
         except ProcessLookupError:
             pass
 
-    def store_hits(self) -> dict:
-        """GreenCache only: chunks found per tier and lookups so far (from its /metrics)."""
+    def store_counts(self) -> Counter:
+        """GreenCache only, cumulative (from its /metrics): chunks asked for (`lookup_chunks`),
+        found (`hit_chunks`) and read from each tier (`tier_hits:<tier>`)."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        out: dict = {"lookup_chunks": 0.0, "hit_chunks": 0.0, "tier_hits": {}}
-        text = httpx.get(self.url + "/metrics", timeout=10).text
-        for fam in text_string_to_metric_families(text):
+        names = {"greencache_kv_lookup_chunks_total": "lookup_chunks", "greencache_kv_hit_chunks_total": "hit_chunks"}
+        out: Counter = Counter()
+        for fam in text_string_to_metric_families(httpx.get(self.url + "/metrics", timeout=10).text):
             for s in fam.samples:
-                if s.name == "greencache_kv_lookup_chunks_total":
-                    out["lookup_chunks"] += s.value
-                elif s.name == "greencache_kv_hit_chunks_total":
-                    out["hit_chunks"] += s.value
+                if s.name in names:
+                    out[names[s.name]] += s.value
                 elif s.name == "greencache_kv_tier_hits_total":
-                    t = s.labels.get("tier", "?")
-                    out["tier_hits"][t] = out["tier_hits"].get(t, 0.0) + s.value
+                    out["tier_hits:" + s.labels.get("tier", "?")] += s.value
         return out
 
 
-def _delta(after: dict, before: dict) -> dict:
-    return {"lookup_chunks": after["lookup_chunks"] - before["lookup_chunks"],
-            "hit_chunks": after["hit_chunks"] - before["hit_chunks"],
-            "tier_hits": {t: v - before["tier_hits"].get(t, 0.0) for t, v in after["tier_hits"].items()}}
+def _store_report(counts: Counter) -> dict:
+    return {"lookup_chunks": counts["lookup_chunks"], "hit_chunks": counts["hit_chunks"],
+            "tier_hits": {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("tier_hits:")}}
 
 
 # -- the comparison ----------------------------------------------------------------------------
@@ -253,7 +251,7 @@ def _measure(a, systems: dict[str, System], words) -> dict:
     out: dict = {}
     for trace in a.traces.split(","):
         merged: dict[str, tuple[list[RequestResult], float]] = {n: ([], 0.0) for n in systems}
-        hits: dict = {}
+        store: Counter = Counter()  # GreenCache's store during the measured runs
         sizes = []
         for r in range(a.rounds):
             w = Workload.build(a, trace, seed=a.seed + 1 + r)
@@ -262,14 +260,10 @@ def _measure(a, systems: dict[str, System], words) -> dict:
             for name in order:
                 s = systems[name]
                 time.sleep(a.settle_s)
-                before = s.store_hits() if name == "greencache" else None
+                before = s.store_counts() if name == "greencache" else None
                 res, wall = w.run(s.url, MODEL, a, api_key=None, words=words)
                 if before is not None:
-                    d = _delta(s.store_hits(), before)
-                    hits = d if not hits else {
-                        "lookup_chunks": hits["lookup_chunks"] + d["lookup_chunks"],
-                        "hit_chunks": hits["hit_chunks"] + d["hit_chunks"],
-                        "tier_hits": {t: hits["tier_hits"].get(t, 0) + v for t, v in d["tier_hits"].items()}}
+                    store += s.store_counts() - before
                 one = summarize(res, wall, a.ttft_slo_s, a.tpot_slo_s)
                 print(f"[compare] {trace} round {r} {name:10s} ttft p50/p99 {one['ttft_p50_ms']:.0f}/"
                       f"{one['ttft_p99_ms']:.0f} ms  cached {one['cached_fraction']:.0%}  failed {one['failed']}",
@@ -281,8 +275,8 @@ def _measure(a, systems: dict[str, System], words) -> dict:
                        "mean_prompt_tokens": sum(s[2] for s in sizes) / len(sizes),
                        "slo_attainment": {n: v["slo_attainment"] for n, v in per.items()}}
         entry["working_set_vs_engine_kv"] = entry["working_set_tokens"] / a.kv_tokens
-        if hits:
-            entry["greencache_store"] = hits
+        if "greencache" in systems:
+            entry["greencache_store"] = _store_report(store)
         if "greencache" in per and "ray-llm" in per:
             entry.update(_ratios(per["greencache"], per["ray-llm"], "ray_llm"))
         if "greencache" in per and "vllm" in per:
