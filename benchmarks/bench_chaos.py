@@ -45,6 +45,7 @@ import ctypes
 import hmac
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -327,14 +328,30 @@ def damage(value: bytes, how: str) -> bytes:
 
 
 FILLER = """
-import sys, time
-with open(sys.argv[1], "wb") as f:
-    while True:
-        try:
-            f.write(bytes(64 << 10))
-            f.flush()
-        except OSError:
-            time.sleep(0.005)
+import os, sys, time
+tier, own = sys.argv[1], sys.argv[2]
+os.makedirs(own, exist_ok=True)
+fd = os.open(os.path.join(own, "fill"), os.O_WRONLY | os.O_CREAT, 0o600)
+block, pinned = bytes(64 << 10), set()
+while True:
+    try:
+        os.write(fd, block)
+        continue
+    except OSError:
+        pass
+    # Full. Hard-link every file the tier has, so that its evictions free no space (the
+    # unlinked chunk lives on under our name) and every write it tries fails.
+    for d, dirs, files in os.walk(tier):
+        dirs[:] = [x for x in dirs if os.path.join(d, x) != own]
+        for name in files:
+            src = os.path.join(d, name)
+            if src not in pinned:
+                try:
+                    os.link(src, os.path.join(own, str(len(pinned))))
+                    pinned.add(src)
+                except OSError:
+                    pass
+    time.sleep(0.005)
 """
 
 # ---- faults -----------------------------------------------------------------------------------
@@ -532,19 +549,20 @@ class Faults:
 
     # -- disk full
     def disk_full(self) -> Fault:
-        """Another writer on the node fills the filesystem and keeps taking whatever the tier's
-        evictions free (a tier at its capacity evicts before it writes, so a disk that is merely
-        full would take the same-sized chunk back)."""
+        """Another process on the node fills the filesystem and holds on to it: it hard-links
+        the tier's files, so that the tier's evictions free nothing (a tier at its capacity
+        evicts before it writes, so a disk that is merely full would take the same-sized chunk
+        back, and a writer that only races for freed space loses that race to the tier)."""
         filler = self.rig.disk / "filler"
 
         def inject():
             self.mark["errors"] = self._counter_rose("greencache_kv_tier_errors", tier="disk")
-            self.mark["filler"] = subprocess.Popen([sys.executable, "-c", FILLER, str(filler)])
+            self.mark["filler"] = subprocess.Popen([sys.executable, "-c", FILLER, str(self.rig.disk), str(filler)])
 
         def restore():
             self.mark["filler"].kill()
             self.mark["filler"].wait()
-            filler.unlink()
+            shutil.rmtree(filler)
             self.mark["written"] = self._counter_rose("greencache_kv_tier_written_bytes", tier="disk")
 
         def exercised():
