@@ -142,7 +142,7 @@ class Plan:
     breakdown: dict = field(default_factory=dict)
 
 
-def _l1_transform(f: np.ndarray, pos: np.ndarray, w: float, axis: int) -> tuple[np.ndarray, np.ndarray]:
+def l1_transform(f: np.ndarray, pos: np.ndarray, w: float, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """g_i = min_j f_j + w·|pos_i − pos_j| along `axis` (positions sorted ascending), and the
     argmin j: one forward and one backward pass, O(n) per line."""
     g = np.moveaxis(f.copy(), axis, 0)
@@ -160,9 +160,9 @@ def _l1_transform(f: np.ndarray, pos: np.ndarray, w: float, axis: int) -> tuple[
 def _best_predecessor(V: np.ndarray, R: np.ndarray, caps: np.ndarray, p: "PlanProblem") -> tuple[np.ndarray, ...]:
     """For every state (r, c): min over (r', c') of V[r', c'] + α|R_r − R_r'| + β|cap_c − cap_c'|,
     and the argmins (r', c'). `caps` sorted ascending."""
-    gc, argc = _l1_transform(V, caps, p.beta_g_per_gb, axis=1)  # over c' for each r'
+    gc, argc = l1_transform(V, caps, p.beta_g_per_gb, axis=1)  # over c' for each r'
     if p.max_change is None:
-        best, argr = _l1_transform(gc, R, p.alpha_g_per_replica, axis=0)  # then over r'
+        best, argr = l1_transform(gc, R, p.alpha_g_per_replica, axis=0)  # then over r'
     else:  # (5c): only predecessors within max_change replicas
         dist = np.abs(R[:, None] - R[None, :])  # [r, r']
         cand = gc[None, :, :] + p.alpha_g_per_replica * dist[:, :, None]  # [r, r', c]

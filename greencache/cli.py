@@ -276,6 +276,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"greencache plan: --start {args.start!r} is not an ISO time like 2023-06-01T00:00", file=sys.stderr)
         return 2
     source = TraceSource(args.trace) if args.trace else TraceSource.grid(args.grid)
+    if args.fleet:
+        return _plan_fleet(args, source, start)
     problem = build_problem(source, start, args.hours, max_replicas=args.max_replicas,
                             carbon_budget_g=args.budget_g)
     try:
@@ -295,6 +297,53 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for s in slots:
         print(f"{s['time']:25s} {s['carbon_intensity_g_per_kwh']:9.1f} {s['arrival_rps']:6.2f} "
               f"{s['replicas']:8d} {s['cache']:>8s}")
+    print(f"objective {out.objective_g:.1f} g (DP {out.dp_objective_g:.1f} g), {out.method}, {out.solve_s:.3f} s")
+    return 0
+
+
+def _plan_fleet(args: argparse.Namespace, source, start) -> int:
+    """`greencache plan --fleet h100:8,a100:8`: replicas of each GPU type and the cache per slot."""
+    from datetime import timedelta
+
+    from autoscaler.fleet import fleet_problem, parse_fleet, plan_fleet
+    from autoscaler.perf_model import SLO
+    from autoscaler.planner import PlanInfeasible
+    from autoscaler.scenario import Workload, cache_options
+
+    if args.budget_g is not None or args.max_replicas is not None:
+        print("greencache plan: --budget-g and --max-replicas apply to a single GPU type; with --fleet the "
+              "counts in --fleet bound each type", file=sys.stderr)
+        return 2
+    try:
+        types = parse_fleet(args.fleet, args.model)
+    except ValueError as e:
+        print(f"greencache plan: {e}", file=sys.stderr)
+        return 2
+    workload = Workload()
+    load = [x * args.load_scale for x in workload.diurnal_load(start, args.hours)]
+    caches = cache_options((0, 50, 100, 200, 400, 800, 1600, 3200), workload)
+    problem = fleet_problem(types, intensity=source.forecast(start, args.hours), load_rps=load, caches=caches,
+                            slo=SLO(), prompt_tokens=2048, output_tokens=256)
+    try:
+        out = plan_fleet(problem, time_limit_s=args.time_limit)
+    except PlanInfeasible as e:
+        print(f"greencache plan: infeasible: {e}", file=sys.stderr)
+        return 1
+    names = [t.name for t in types]
+    slots = [{"slot": t, "time": (start + timedelta(hours=t)).isoformat(),
+              "carbon_intensity_g_per_kwh": problem.intensity[t], "arrival_rps": problem.arrival_rps[t],
+              "replicas": dict(zip(names, out.counts[t])), "load_rps": dict(zip(names, out.split_rps[t])),
+              "cache": caches[out.cache[t]].name, "cache_capacity_gb": caches[out.cache[t]].capacity_gb}
+             for t in range(problem.T)]
+    if args.json:
+        print(json.dumps({"grid": args.grid, "model": args.model, "fleet": args.fleet, "start": start.isoformat(),
+                          "method": out.method, "optimal": out.optimal, "objective_g": out.objective_g,
+                          "dp_objective_g": out.dp_objective_g, "solve_s": out.solve_s, "slots": slots}, indent=2))
+        return 0
+    print(f"{'time':25s} {'CI g/kWh':>9s} {'req/s':>6s} " + " ".join(f"{n:>6s}" for n in names) + f" {'cache':>8s}")
+    for s in slots:
+        print(f"{s['time']:25s} {s['carbon_intensity_g_per_kwh']:9.1f} {s['arrival_rps']:6.2f} "
+              + " ".join(f"{s['replicas'][n]:6d}" for n in names) + f" {s['cache']:>8s}")
     print(f"objective {out.objective_g:.1f} g (DP {out.dp_objective_g:.1f} g), {out.method}, {out.solve_s:.3f} s")
     return 0
 
@@ -367,6 +416,11 @@ def _add_status_plan(sub) -> None:
     p.add_argument("--hours", type=int, default=24)
     p.add_argument("--max-replicas", type=int, default=None)
     p.add_argument("--budget-g", type=float, default=None, help="carbon budget over the horizon (g)")
+    p.add_argument("--fleet", default=None, help="mixed GPU fleet, e.g. h100:8,a100:8 (a100:8:reuse marks GPUs "
+                   "past their lifetime; :reuse=0.25 still charges a quarter of their embodied carbon)")
+    p.add_argument("--model", default="llama3-8b", choices=["llama3-8b", "llama3-70b"],
+                   help="model whose GPU profiles price the fleet (with --fleet)")
+    p.add_argument("--load-scale", type=float, default=1.0, help="scale the default diurnal load (with --fleet)")
     p.add_argument("--time-limit", type=float, default=5.0, help="solver time limit (s)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)

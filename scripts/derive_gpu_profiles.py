@@ -83,10 +83,10 @@ def attention_fits(path: Path):
     return (lambda x: float(np.polyval(pc, x))), (lambda b, kv: float(dc[0] + dc[1] * b * kv)), dc
 
 
-def splitwise(path: Path):
+def splitwise(path: Path, hardware: str = "h100-80gb"):
     pre, dec = defaultdict(list), defaultdict(list)
     for r in csv.DictReader(open(path)):
-        if r["model"] != "llama2-70b" or r["hardware"] != "h100-80gb" or int(r["tensor_parallel"]) != 4:
+        if r["model"] != "llama2-70b" or r["hardware"] != hardware or int(r["tensor_parallel"]) != 4:
             continue
         p, b, o = int(r["prompt_size"]), int(r["batch_size"]), int(r["token_size"])
         if b == 1 and o == 128:
@@ -115,6 +115,93 @@ def measured_8b(paths: list[str], derived_meta: dict) -> dict:
     return {"prefill": [[n, statistics.median(v)] for n, v in sorted(pre.items())],
             "decode": [[b, statistics.median(v), ctx] for (b, ctx), v in sorted(dec.items(), key=lambda kv: kv[0][::-1])],
             "kv_load_s_per_token": {"disk": derived_meta["kv_bytes_per_token"] / NVME_BYTES_PER_S}, "meta": meta}
+
+
+def a100_profiles(data: Path, attn_pre, attn_dec, kv70: int, kv8: int, ref_ctx: int, contexts) -> tuple[dict, dict]:
+    """The same two models on A100-80GB (SXM), by the same recipes with A100 data throughout.
+
+    70B, 4×A100 (TP4), measured end to end: Splitwise's a100-80gb TP4 rows; longer contexts add
+    the legacy A100 attention-decode cost ×1/2 for TP4 (the table is A100's own: no bandwidth
+    factor). 8B, 1×A100 (TP1), derived: vidur's A100 Meta-Llama-3-8B linear/norm kernels (the
+    model itself, no proxy ratio) + legacy A100 attention (prefill as is; decode ×2 for 8 KV
+    heads), × 32 layers, × the measured/kernel ratio the A100 70B shows. No A100 8B measurement
+    exists here; on H100 the same kind of derivation overestimated the measurement by ~1.2-1.3×.
+    """
+    vid = data / "vidur/compute/a100/meta-llama"
+    sw_pre, sw_dec = splitwise(data / "splitwise_sim/data/perf_model.csv", "a100-80gb")
+    L70, L8 = 80, 32
+    ar = {int(r["size"]): float(r["time_stats.all_reduce.median"])
+          for r in csv.DictReader(open(data / "vidur/network/a100_dgx/all_reduce.csv"))
+          if int(r["num_workers"]) == 4 and int(r["devices_per_node"]) == 4}
+    lin70 = lin_ms(vid / "Meta-Llama-3-70B/mlp.csv", 4)
+    lin8 = lin_ms(vid / "Meta-Llama-3-8B/mlp.csv", 1)
+
+    def derived70_prefill(n: int) -> float:
+        return L70 * (interp(lin70, n) + attn_pre(n) / 2 + 2 * interp(ar, n * 8192 * 2) + 0.04) / 1000
+
+    def derived70_decode(b: int, kv: int) -> float:
+        return L70 * (interp(lin70, b) + attn_dec(b, kv) / 2 + 2 * interp(ar, b * 8192 * 2) + 0.04) / 1000
+
+    dec70 = [[b, s, ref_ctx] for b, s in sw_dec.items()]
+    for kv in contexts:
+        for b, s in sw_dec.items():
+            dec70.append([b, s + L70 * (attn_dec(b, kv) - attn_dec(b, ref_ctx)) / 2 / 1000, kv])
+    pre_cal = statistics.median(sw_pre[n] / derived70_prefill(n) for n in sw_pre if n <= 4096)
+    dec_cal = statistics.median(sw_dec[b] / derived70_decode(b, ref_ctx) for b in sw_dec)
+    print(f"A100 70B: measured/derived prefill {pre_cal:.2f}, decode {dec_cal:.2f} (calibration applied to A100 8B)")
+    common = {"gpu": "A100-80GB", "nvme_bytes_per_s": NVME_BYTES_PER_S, "derived_by": "scripts/derive_gpu_profiles.py",
+              "calibration": {"prefill_measured_over_kernel": pre_cal, "decode_measured_over_kernel": dec_cal}}
+    prof70 = {"prefill": [[n, s] for n, s in sw_pre.items()], "decode": dec70,
+              "kv_load_s_per_token": {"disk": kv70 / NVME_BYTES_PER_S},
+              "meta": {"model": "Llama-3-70B", "gpus_per_replica": 4, "tensor_parallel": 4, "kv_bytes_per_token": kv70,
+                       "source": "Splitwise perf_model.csv (Llama-2-70B, A100-80GB TP4, measured end to end, "
+                       "medians) + vidur legacy A100 attention for contexts beyond 576 tokens", **common}}
+    pre8 = [[n, pre_cal * L8 * (interp(lin8, n) + attn_pre(n)) / 1000] for n in (128, 256, 512, 1024, 2048, 3072, 4096)]
+    dec8 = [[b, dec_cal * L8 * (interp(lin8, b) + attn_dec(b, kv) * 2) / 1000, kv]
+            for kv in (ref_ctx,) + tuple(contexts) for b in (1, 2, 4, 8, 16, 32, 64)]
+    prof8 = {"prefill": pre8, "decode": dec8, "kv_load_s_per_token": {"disk": kv8 / NVME_BYTES_PER_S},
+             "meta": {"model": "Llama-3-8B", "gpus_per_replica": 1, "tensor_parallel": 1, "kv_bytes_per_token": kv8,
+                      "source": "vidur A100 Meta-Llama-3-8B kernels + vidur legacy A100 attention, × A100 70B "
+                      "measured/kernel calibration (derived, not measured)", **common}}
+    return prof70, prof8
+
+
+def gpu_catalogue(data: Path) -> dict:
+    """The GPU types the planner can mix (autoscaler/fleet.py), from the same public data:
+
+    - power (prefill / decode / idle W per GPU): Splitwise's constant power model;
+    - memory: Splitwise's processor configs;
+    - embodied carbon per GPU: EcoServe's per-scale `summary.csv`, GPU column of the one-GPU row
+      (A100 112 kg; H100HGX 150 kg), lifetime: EcoServe's `gpuconfigs.json` (4 years both);
+    - host share per GPU: 135 kg for both (a DGX-class 8-GPU host, `CarbonConfig`'s default). A
+      stated assumption: EcoServe's A100 rows charge a CPU per GPU (203 kg), a PCIe server layout;
+      an 8-GPU SXM host is the same class of machine for both generations.
+    """
+    import yaml
+
+    power = yaml.safe_load(open(data / "splitwise_sim/configs/power_model/constant.yaml"))
+    emb = {r["GPU Type"]: r for r in csv.DictReader(open(data / "eserve/config/summary.csv")) if r["Scale"] == "1"}
+    life = json.loads((data / "eserve/config/gpuconfigs.json").read_text())
+    mem = {n: yaml.safe_load(open(data / f"splitwise_sim/configs/hardware_repo/processors/{n}.yaml"))["memory_size"]
+           for n in ("a100-80gb", "h100-80gb")}
+    types = {}
+    for name, sw, eco, cfg, label in (("h100", "h100-80gb", "H100HGX", "H100HGX", "H100-80GB SXM"),
+                                      ("a100", "a100-80gb", "A100", "A100SXM", "A100-80GB SXM")):
+        types[name] = {
+            "label": label, "power_key": name.upper(), "memory_gb": mem[sw] / 2**30,
+            "power_w": {"prefill": power["prompt_power"][sw], "decode": power["token_power"][sw],
+                        "idle": power["idle_power"][sw]},
+            "gpu_embodied_kg": float(emb[eco]["GPU"]), "host_embodied_kg_per_gpu": 135.0,
+            "lifetime_years": life[cfg]["lifetime_years"],
+            "gpus_per_replica": {"llama3-8b": 1, "llama3-70b": 4},
+            "profiles": {"llama3-8b": f"llama3-8b-{name}x1.json", "llama3-70b": f"llama3-70b-{name}x4.json"}}
+    return {"types": types, "derived_by": "scripts/derive_gpu_profiles.py",
+            "sources": {"power": "Splitwise configs/power_model/constant.yaml",
+                        "memory": "Splitwise configs/hardware_repo/processors",
+                        "gpu_embodied_kg": "EcoServe config/summary.csv (GPU column, Scale 1)",
+                        "lifetime_years": "EcoServe config/gpuconfigs.json",
+                        "host_embodied_kg_per_gpu": "stated: CarbonConfig default (EcoServe 8-GPU host), same "
+                        "for both types"}}
 
 
 def main() -> None:
@@ -190,10 +277,15 @@ def main() -> None:
     if a.measured_8b:
         (MEASURED_8B_DIR / "llama3-8b-h100x1-kernel-derived.json").write_text(json.dumps(prof8, indent=1) + "\n")
         prof8 = measured_8b(a.measured_8b, prof8["meta"])
-    for name, prof in (("llama3-8b-h100x1", prof8), ("llama3-70b-h100x4", prof70)):
+    prof70_a, prof8_a = a100_profiles(data, attn_pre, attn_dec, kv70, kv8, ref_ctx, contexts)
+    for name, prof in (("llama3-8b-h100x1", prof8), ("llama3-70b-h100x4", prof70),
+                       ("llama3-8b-a100x1", prof8_a), ("llama3-70b-a100x4", prof70_a)):
         (out / f"{name}.json").write_text(json.dumps(prof, indent=1) + "\n")
         print(f"wrote {out / name}.json: 2048-token prefill "
               f"{np.interp(2048, [p[0] for p in prof['prefill']], [p[1] for p in prof['prefill']]) * 1000:.1f} ms")
+
+    (out / "gpu_types.json").write_text(json.dumps(gpu_catalogue(data), indent=1) + "\n")
+    print(f"wrote {out / 'gpu_types.json'}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,462 @@
+"""Mixed GPU fleets: GPU types, and the planner that chooses per slot how many replicas of each
+type to run together with the cache capacity (EcoServe's reuse and rightsizing, joined with
+GreenCache's cache sizing).
+
+A GPU type (`GPUType`, the catalogue in `data/profiles/gpu_types.json`, written by
+scripts/derive_gpu_profiles.py) carries its performance for a model (a `PerfModel` profile),
+its power (prefill / decode / idle W per GPU), GPUs per replica, memory, its embodied carbon per
+GPU and per server share with the lifetime they are amortised over, and the reuse case: a GPU
+past its planned lifetime is charged `reuse_embodied_fraction` of its amortised embodied carbon
+per hour (a stated parameter; 0 says "already paid for", and says so).
+
+Notation (slot t = 1..T of Δ hours; GPU type k; cache configuration c):
+
+    λ_t        forecast arrival rate (requests/s)            N_k    replicas of type k available
+    W_kc       GPU-seconds per request on type k with cache c (prefill·(1 − h_c) + decode)
+    μ_kc       the most requests/s one type-k replica serves within the TTFT/TPOT SLO with cache
+               c (0: it cannot meet the SLO at all)
+    f_tk       grams of one type-k replica through slot t: idle power at CI_t, and embodied
+               (× the reuse fraction when past its lifetime)
+    b_tkc      grams per request/s served by type k with cache c in slot t: busy power above idle
+    s_tc       grams of cache c through slot t (storage power and embodied)
+    α_k, β     switching cost (g per type-k replica started or stopped, g per GB changed)
+
+Variables: n[t,k] ∈ {0..N_k} integer, y[t,c] ∈ {0,1}, z[t,k,c] ≥ 0 (the load type k serves under
+cache c; only where μ_kc > 0), u[t,k], v[t] ≥ 0.
+
+Objective (grams CO2e), minimised:
+
+    Σ_t [ Σ_k f_tk·n[t,k] + Σ_{k,c} b_tkc·z[t,k,c] + Σ_c s_tc·y[t,c] + Σ_k α_k·u[t,k] + β·v[t] ]
+
+Constraints (numbered as in the code):
+
+    (1) Σ_c y[t,c] = 1                                  one cache configuration per slot
+    (2) Σ_{k,c} z[t,k,c] = λ_t                           all load is served
+    (3) z[t,k,c] ≤ λ_t·y[t,c]                            ... under the chosen configuration
+    (4) Σ_c z[t,k,c] / μ_kc ≤ n[t,k]                     SLO: no replica above its SLO rate
+    (5) Σ_k n[t,k] ≥ n_min                               fewest replicas in all (the operator's floor)
+    (6) u[t,k] ≥ ±(n[t,k] − n[t−1,k]),  v[t] ≥ ±(Σ_c cap_c·y[t,c] − Σ_c cap_c·y[t−1,c]);
+        slot 0 is the current state
+
+With one type this is the single-type planner's problem (autoscaler/planner.py): (4) becomes
+n ≥ λ·W/ρ_max, its `rmin`. The load split z is the router's target share per type.
+
+Exact oracle: given the counts n and the cache c of a slot, the best split is a small LP whose
+optimum is greedy (fill the type with the lowest b_tkc first, up to μ_kc·n_k), so every slot's
+cost is a function of the state (n_1..n_K, c); the switching cost is separable and L1 in every
+coordinate, so `solve_fleet_dp` is a shortest path over those states with one L1 distance
+transform per axis: O(T·Π_k(N_k+1)·|C|·(K+1)). It is the MILP's warm start and the tests' oracle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from autoscaler.carbon import CarbonConfig
+from autoscaler.planner import CacheOption, PlanInfeasible, l1_transform
+
+PROFILES = Path(__file__).parent / "data" / "profiles"
+CATALOGUE = PROFILES / "gpu_types.json"
+
+
+class GPUType(BaseModel):
+    """One GPU generation as the planner prices and sizes it, for one model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Short name used on the command line and as the Ray resource, e.g. h100.")
+    label: str = Field("", description="Full name, e.g. H100-80GB.")
+    count: int = Field(8, ge=0, description="Replicas of this type the operator has.")
+    memory_gb: float = Field(80.0, gt=0, description="Memory per GPU (GB).")
+    profile: str = Field(description="PerfModel profile (JSON) of the model on one replica of this type.")
+    carbon: CarbonConfig = Field(description="Power, GPUs per replica, embodied carbon and lifetime.")
+    past_lifetime: bool = Field(False, description="The GPUs are past their planned lifetime (reuse).")
+    reuse_embodied_fraction: float = Field(
+        0.0, ge=0, le=1, description="Share of the amortised embodied carbon still charged per hour when "
+        "past_lifetime (0: fully paid for by its first life; EcoServe's reuse case).")
+
+    def embodied_scale(self) -> float:
+        return self.reuse_embodied_fraction if self.past_lifetime else 1.0
+
+    def perf(self):
+        from autoscaler.perf_model import PerfModel
+
+        path = Path(self.profile)
+        return PerfModel.load(path if path.is_absolute() else PROFILES / path)
+
+
+def load_catalogue(model: str = "llama3-8b", path: Path = CATALOGUE) -> dict[str, GPUType]:
+    """The GPU types the repository ships profiles for, for `model` (llama3-8b or llama3-70b)."""
+    data = json.loads(Path(path).read_text())
+    out = {}
+    for name, t in data["types"].items():
+        if model not in t["profiles"]:
+            continue
+        gpus = int(t["gpus_per_replica"][model])
+        carbon = CarbonConfig(gpu=t["power_key"], gpus_per_replica=gpus, gpu_embodied_kg=t["gpu_embodied_kg"],
+                              host_embodied_kg_per_gpu=t["host_embodied_kg_per_gpu"],
+                              server_life_years=t["lifetime_years"])
+        out[name] = GPUType(name=name, label=t["label"], memory_gb=t["memory_gb"], profile=t["profiles"][model],
+                            carbon=carbon)
+    return out
+
+
+def parse_fleet(spec: str, model: str = "llama3-8b") -> list[GPUType]:
+    """`h100:8,a100:8` (add `:reuse` or `:reuse=0.25` to mark a type past its lifetime) → types."""
+    cat = load_catalogue(model)
+    out = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, *rest = part.split(":")
+        if name not in cat:
+            raise ValueError(f"unknown GPU type {name!r} in --fleet; known: {', '.join(sorted(cat))}")
+        if not rest or not rest[0].isdigit():
+            raise ValueError(f"--fleet entry {part!r} needs a count, e.g. {name}:8")
+        upd: dict = {"count": int(rest[0])}
+        for flag in rest[1:]:
+            key, _, val = flag.partition("=")
+            if key != "reuse":
+                raise ValueError(f"unknown --fleet flag {flag!r} (only reuse[=fraction])")
+            upd.update(past_lifetime=True, reuse_embodied_fraction=float(val) if val else 0.0)
+        out.append(cat[name].model_copy(update=upd))
+    if not out:
+        raise ValueError("--fleet names no GPU type")
+    return out
+
+
+def slo_rate(perf, slo, prompt_tokens: float, output_tokens: float, hit_ratio: float, batch: float = 16,
+             tier: str = "disk") -> float:
+    """μ: the most requests/s one replica serves within `slo` (the same M/M/1-style model as
+    `PerfModel.rmin`: a replica meets the SLO iff its utilisation ρ = μ·W stays below the
+    ceiling and the inflated TTFT and TPOT meet their targets). 0 if no load meets it."""
+    tail = -math.log(1 - slo.percentile / 100) / math.log(2)
+    p = perf.predict(0.0, 1, prompt_tokens, output_tokens, hit_ratio, batch, tier)  # unloaded times
+    rho = min(slo.max_utilisation * (1 - 1e-9), 1 - p["ttft_p50_s"] * tail / slo.ttft_s,
+              1 - p["tpot_p50_s"] / slo.tpot_s)
+    return max(0.0, rho) / p["work_s"]
+
+
+@dataclass
+class FleetType:
+    """A type as the problem sees it: availability, switching cost and the per-cache figures."""
+
+    name: str
+    max_count: int
+    carbon: CarbonConfig
+    work_s: np.ndarray  # W_kc, per cache option
+    rate_rps: np.ndarray  # μ_kc, per cache option
+    embodied_scale: float = 1.0
+    alpha_g_per_replica: float = 0.0
+
+
+@dataclass
+class FleetProblem:
+    slot_hours: float
+    arrival_rps: Sequence[float]
+    intensity: Sequence[float]
+    types: list[FleetType]
+    caches: Sequence[CacheOption]
+    storage_carbon: CarbonConfig = field(default_factory=CarbonConfig)  # prices s_tc
+    beta_g_per_gb: float = 0.0
+    initial_counts: Optional[Sequence[int]] = None  # default: none running
+    initial_capacity_gb: float = 0.0
+    min_total_replicas: int = 1
+
+    @property
+    def T(self) -> int:
+        return len(self.arrival_rps)
+
+    def fixed_cost(self) -> np.ndarray:
+        """f_tk, [T, K]."""
+        ci = np.asarray(self.intensity, dtype=float)
+        cols = []
+        for k in self.types:
+            fp = k.carbon.footprint(intensity_g_per_kwh=ci, replica_hours=self.slot_hours)
+            cols.append(fp.operational_g + k.embodied_scale * fp.embodied_g)
+        return np.stack(cols, axis=1)
+
+    def busy_cost(self) -> np.ndarray:
+        """b_tkc, [T, K, C]: grams per request/s served through slot t."""
+        ci = np.asarray(self.intensity, dtype=float)
+        out = np.zeros((self.T, len(self.types), len(self.caches)))
+        for i, k in enumerate(self.types):
+            busy_wh = k.carbon.busy_extra_w() * np.asarray(k.work_s)[None, :] * self.slot_hours
+            out[:, i, :] = k.carbon.footprint(intensity_g_per_kwh=ci[:, None], busy_wh=busy_wh).operational_g
+        return out
+
+    def storage_cost(self) -> np.ndarray:
+        """s_tc, [T, C]."""
+        ci = np.asarray(self.intensity, dtype=float)
+        caps = np.array([c.capacity_gb for c in self.caches])
+        return self.storage_carbon.footprint(intensity_g_per_kwh=ci[:, None],
+                                             ssd_gb_hours=caps[None, :] * self.slot_hours).total_g
+
+    def initial(self) -> np.ndarray:
+        return np.zeros(len(self.types), dtype=int) if self.initial_counts is None \
+            else np.asarray(self.initial_counts, dtype=int)
+
+    def grid_shape(self) -> tuple[int, ...]:
+        return tuple(k.max_count + 1 for k in self.types) + (len(self.caches),)
+
+    def state_cost(self, t: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Slot t's cost for every state (n_1..n_K, c), inf where the SLO cannot be met, and the
+        greedy split z_k (requests/s per type) that attains it."""
+        K = len(self.types)
+        shape = self.grid_shape()
+        counts = np.meshgrid(*[np.arange(k.max_count + 1) for k in self.types], np.zeros(len(self.caches)),
+                             indexing="ij")[:K]
+        lam = float(self.arrival_rps[t])
+        f, b, s = self.fixed_cost()[t], self.busy_cost()[t], self.storage_cost()[t]
+        cost = sum(f[i] * counts[i] for i in range(K)) + s[None] * np.ones(shape)
+        split = [np.zeros(shape) for _ in range(K)]
+        remaining = np.full(shape, lam)
+        for c in range(len(self.caches)):
+            for i in sorted(range(K), key=lambda i: b[i, c]):
+                cap = self.types[i].rate_rps[c] * counts[i][..., c]
+                take = np.minimum(remaining[..., c], cap)
+                split[i][..., c] = take
+                cost[..., c] += b[i, c] * take
+                remaining[..., c] -= take
+        total = sum(counts)
+        ok = (remaining <= 1e-9 * max(lam, 1.0)) & (total >= self.min_total_replicas)
+        return np.where(ok, cost, np.inf), split
+
+
+@dataclass
+class FleetPlan:
+    counts: list[list[int]]  # [T][K]
+    cache: list[int]
+    split_rps: list[list[float]]  # [T][K], the load each type serves (greedy split)
+    objective_g: float
+    method: str
+    solve_s: float
+    optimal: bool
+    gap: float = 0.0
+    dp_objective_g: Optional[float] = None
+    reason: str = ""
+
+
+def solve_fleet_dp(p: FleetProblem) -> FleetPlan:
+    """Exact optimum by dynamic programming over (n_1..n_K, c) (module docstring)."""
+    t0 = time.perf_counter()
+    K = len(p.types)
+    caps = np.array([c.capacity_gb for c in p.caches])
+    order = np.argsort(caps, kind="stable")
+    caps_s = caps[order]
+    shape = p.grid_shape()
+    axes = [np.arange(k.max_count + 1, dtype=float) for k in p.types]
+    init = p.initial()
+
+    def switch_from(counts0: np.ndarray, cap0: float) -> np.ndarray:
+        grids = np.meshgrid(*axes, caps_s, indexing="ij")
+        return sum(p.types[i].alpha_g_per_replica * np.abs(grids[i] - counts0[i]) for i in range(K)) \
+            + p.beta_g_per_gb * np.abs(grids[K] - cap0)
+
+    costs, splits = [], []
+    for t in range(p.T):
+        c, s = p.state_cost(t)
+        costs.append(c[..., order])
+        splits.append([x[..., order] for x in s])
+    V = costs[0] + switch_from(init, p.initial_capacity_gb)
+    size = int(np.prod(shape))
+    back = np.zeros((p.T, size), dtype=np.int64)
+    for t in range(1, p.T):
+        src = np.arange(size).reshape(shape)
+        g = V
+        for ax in range(K + 1):
+            pos, w = (caps_s, p.beta_g_per_gb) if ax == K else (axes[ax], p.types[ax].alpha_g_per_replica)
+            g, arg = l1_transform(g, pos, w, axis=ax)
+            src = np.take_along_axis(src, arg, axis=ax)
+        back[t] = src.ravel()
+        V = costs[t] + g
+    if not np.isfinite(V).any():
+        raise PlanInfeasible(_explain(p))
+    idx = int(np.argmin(V))
+    obj = float(V.ravel()[idx])
+    states = [0] * p.T
+    for t in range(p.T - 1, -1, -1):
+        states[t] = idx
+        idx = int(back[t, idx])
+    counts, cache, split = [], [], []
+    for t, st in enumerate(states):
+        u = np.unravel_index(st, shape)
+        counts.append([int(x) for x in u[:K]])
+        cache.append(int(order[u[K]]))
+        split.append([float(splits[t][i][u]) for i in range(K)])
+    return FleetPlan(counts=counts, cache=cache, split_rps=split, objective_g=obj, method="dp",
+                     solve_s=time.perf_counter() - t0, optimal=True, dp_objective_g=obj)
+
+
+def _explain(p: FleetProblem) -> str:
+    for t in range(p.T):
+        most = max(sum(k.rate_rps[c] * k.max_count for k in p.types) for c in range(len(p.caches)))
+        if most < p.arrival_rps[t]:
+            return (f"slot {t}: {p.arrival_rps[t]:.2f} req/s is more than the whole fleet serves within the SLO "
+                    f"({most:.2f} req/s with the best cache): add GPUs to the fleet or relax the TTFT/TPOT SLO")
+    return "no feasible plan: lower the replica floor or relax the SLO"
+
+
+def fleet_plan_cost(p: FleetProblem, counts: Sequence[Sequence[int]], cache: Sequence[int]) -> dict:
+    """Grams of a plan by component (slots at their greedy split, and switching)."""
+    slot = 0.0
+    for t in range(p.T):
+        c, _ = p.state_cost(t)
+        slot += float(c[tuple(counts[t]) + (cache[t],)])
+    prev, prev_cap, switch = p.initial(), p.initial_capacity_gb, 0.0
+    for t in range(p.T):
+        cap = p.caches[cache[t]].capacity_gb
+        switch += sum(k.alpha_g_per_replica * abs(counts[t][i] - prev[i]) for i, k in enumerate(p.types))
+        switch += p.beta_g_per_gb * abs(cap - prev_cap)
+        prev, prev_cap = np.asarray(counts[t]), cap
+    return {"slots_g": slot, "switching_g": switch, "total_g": slot + switch}
+
+
+def _through_cost(p: FleetProblem) -> list[np.ndarray]:
+    """For every slot t and state s: the cost of the best whole plan that is in s at slot t
+    (forward DP cost to reach s, plus backward DP cost from s to the end), in cache order."""
+    K = len(p.types)
+    caps = np.array([c.capacity_gb for c in p.caches])
+    order = np.argsort(caps, kind="stable")
+    axes = [(np.arange(k.max_count + 1, dtype=float), k.alpha_g_per_replica) for k in p.types] + \
+        [(caps[order], p.beta_g_per_gb)]
+
+    def spread(f: np.ndarray) -> np.ndarray:  # min over s' of f(s') + switching(s, s')
+        for ax, (pos, w) in enumerate(axes):
+            f, _ = l1_transform(f, pos, w, axis=ax)
+        return f
+
+    costs = [p.state_cost(t)[0][..., order] for t in range(p.T)]
+    grids = np.meshgrid(*[a for a, _ in axes], indexing="ij")
+    init = p.initial()
+    fwd = [costs[0] + sum(p.types[i].alpha_g_per_replica * np.abs(grids[i] - init[i]) for i in range(K))
+           + p.beta_g_per_gb * np.abs(grids[K] - p.initial_capacity_gb)]
+    for t in range(1, p.T):
+        fwd.append(costs[t] + spread(fwd[-1]))
+    bwd = [np.zeros_like(costs[0])]
+    for t in range(p.T - 2, -1, -1):
+        bwd.insert(0, spread(costs[t + 1] + bwd[0]))
+    inv = np.argsort(order)
+    return [(f + b)[..., inv] for f, b in zip(fwd, bwd)]
+
+
+def _surviving(p: FleetProblem, incumbent_g: float) -> list[tuple[np.ndarray, np.ndarray, set]]:
+    """Bounds every plan at least as good as one costing `incumbent_g` obeys (reduced-cost
+    fixing with the DP's exact bounds): a state whose best whole plan through it costs more
+    is in no such plan. Per slot: the least and most replicas of each type, and the cache
+    options, among the states that survive."""
+    tol = 1e-7 * max(1.0, abs(incumbent_g))
+    out = []
+    for g in _through_cost(p):
+        idx = np.argwhere(g <= incumbent_g + tol)  # rows: (n_1..n_K, c)
+        out.append((idx[:, :-1].min(axis=0), idx[:, :-1].max(axis=0), set(int(c) for c in idx[:, -1])))
+    return out
+
+
+def solve_fleet_milp(p: FleetProblem, *, time_limit_s: float = 5.0, warm_start: Optional[FleetPlan] = None,
+                     solver: str = "CBC", threads: int = 1) -> FleetPlan:
+    """The MILP of the module docstring with python-mip. With a warm start, the variables'
+    bounds are first tightened to what any plan at least as good must satisfy (`_surviving`):
+    the model and its optimum are the same, the search is smaller. Without one (`cold`), CBC
+    works on the model alone."""
+    import mip
+
+    t_start = time.perf_counter()
+    K, C, T = range(len(p.types)), range(len(p.caches)), range(p.T)
+    caps = [c.capacity_gb for c in p.caches]
+    f, b, s = p.fixed_cost(), p.busy_cost(), p.storage_cost()
+    init = p.initial()
+    m = mip.Model(sense=mip.MINIMIZE, solver_name=solver)
+    m.verbose, m.threads = 0, threads
+    n = [[m.add_var(var_type=mip.INTEGER, lb=0, ub=p.types[k].max_count) for k in K] for _ in T]
+    y = [[m.add_var(var_type=mip.BINARY) for _ in C] for _ in T]
+    z = [{(k, c): m.add_var(lb=0) for k in K for c in C if p.types[k].rate_rps[c] > 0} for _ in T]
+    u = [[m.add_var(lb=0) for _ in K] for _ in T]
+    v = [m.add_var(lb=0) for _ in T]
+    m.objective = mip.xsum(
+        mip.xsum(float(f[t, k]) * n[t][k] + p.types[k].alpha_g_per_replica * u[t][k] for k in K)
+        + mip.xsum(float(b[t, k, c]) * z[t][k, c] for (k, c) in z[t])
+        + mip.xsum(float(s[t, c]) * y[t][c] for c in C) + p.beta_g_per_gb * v[t] for t in T)
+    for t in T:
+        lam = float(p.arrival_rps[t])
+        m += mip.xsum(y[t]) == 1, f"c1_one_cache_config_{t}"  # (1)
+        m += mip.xsum(z[t].values()) == lam, f"c2_load_served_{t}"  # (2)
+        for (k, c), var in z[t].items():
+            m += var <= lam * y[t][c], f"c3_chosen_cache_{t}_{k}_{c}"  # (3)
+        for k in K:
+            m += mip.xsum((1.0 / p.types[k].rate_rps[c]) * z[t][k, c] for c in C if (k, c) in z[t]) <= n[t][k], \
+                f"c4_slo_{t}_{k}"  # (4)
+        m += mip.xsum(n[t]) >= p.min_total_replicas, f"c5_floor_{t}"  # (5)
+        capt = mip.xsum(caps[c] * y[t][c] for c in C)
+        prev_cap = p.initial_capacity_gb if t == 0 else mip.xsum(caps[c] * y[t - 1][c] for c in C)
+        for k in K:
+            prev = int(init[k]) if t == 0 else n[t - 1][k]
+            m += u[t][k] >= n[t][k] - prev, f"c6_u_up_{t}_{k}"  # (6)
+            m += u[t][k] >= prev - n[t][k], f"c6_u_down_{t}_{k}"
+        m += v[t] >= capt - prev_cap, f"c6_v_up_{t}"
+        m += v[t] >= prev_cap - capt, f"c6_v_down_{t}"
+    if warm_start is not None:
+        for t, (lo, hi, caches) in enumerate(_surviving(p, warm_start.objective_g)):
+            for k in K:
+                n[t][k].lb, n[t][k].ub = float(lo[k]), float(hi[k])
+            for c in C:
+                if c not in caches:
+                    y[t][c].ub = 0.0
+        m.start = [(n[t][k], float(warm_start.counts[t][k])) for t in T for k in K] + \
+                  [(y[t][c], 1.0 if warm_start.cache[t] == c else 0.0) for t in T for c in C]
+    status = m.optimize(max_seconds=time_limit_s)
+    solve_s = time.perf_counter() - t_start
+    if status == mip.OptimizationStatus.INFEASIBLE:
+        raise PlanInfeasible(_explain(p))
+    if status not in (mip.OptimizationStatus.OPTIMAL, mip.OptimizationStatus.FEASIBLE):
+        raise TimeoutError(f"solver returned {status.name} in {solve_s:.2f}s")
+    counts = [[int(round(n[t][k].x)) for k in K] for t in T]
+    cache = [max(C, key=lambda c: y[t][c].x) for t in T]
+    split = [[sum(z[t][k, c].x for c in C if (k, c) in z[t]) for k in K] for t in T]
+    obj = float(m.objective_value)
+    gap = abs(obj - float(m.objective_bound)) / max(abs(obj), 1e-9)
+    return FleetPlan(counts=counts, cache=cache, split_rps=split, objective_g=obj, method="milp", solve_s=solve_s,
+                     optimal=status == mip.OptimizationStatus.OPTIMAL, gap=gap)
+
+
+def plan_fleet(p: FleetProblem, *, time_limit_s: float = 5.0, solver: str = "CBC") -> FleetPlan:
+    """DP warm start, then the MILP; the DP plan if the solver does not finish. Raises only for
+    infeasibility."""
+    dp = solve_fleet_dp(p)
+    try:
+        out = solve_fleet_milp(p, time_limit_s=time_limit_s, warm_start=dp, solver=solver)
+        out.dp_objective_g = dp.objective_g
+        out.reason = "milp optimal" if out.optimal else f"milp feasible at time limit (gap {out.gap:.2%})"
+    except PlanInfeasible:
+        raise
+    except Exception as e:
+        dp.method, dp.reason = "dp-fallback", f"solver did not finish ({e}); exact DP plan used"
+        out = dp
+    return out
+
+
+def fleet_problem(types: Sequence[GPUType], *, intensity: Sequence[float], load_rps: Sequence[float],
+                  caches: Sequence[CacheOption], slo, prompt_tokens: float, output_tokens: float,
+                  slot_hours: float = 1.0, alpha_g_per_replica: float = 20.0, beta_g_per_gb: float = 0.05,
+                  initial_counts: Optional[Sequence[int]] = None, initial_capacity_gb: float = 0.0,
+                  min_total_replicas: int = 1, storage_carbon: Optional[CarbonConfig] = None) -> FleetProblem:
+    """The planner's problem for real GPU types: W_kc and μ_kc from each type's profile and the
+    SLO, f/b from each type's carbon figures; α is per GPU (a 4-GPU replica costs 4α to switch)."""
+    ftypes = []
+    for t in types:
+        perf = t.perf()
+        work = np.array([perf.work_s(prompt_tokens, output_tokens, c.hit_ratio) for c in caches])
+        rate = np.array([slo_rate(perf, slo, prompt_tokens, output_tokens, c.hit_ratio) for c in caches])
+        ftypes.append(FleetType(name=t.name, max_count=t.count, carbon=t.carbon, work_s=work, rate_rps=rate,
+                                embodied_scale=t.embodied_scale(),
+                                alpha_g_per_replica=alpha_g_per_replica * t.carbon.gpus_per_replica))
+    return FleetProblem(slot_hours=slot_hours, arrival_rps=list(load_rps), intensity=list(intensity), types=ftypes,
+                        caches=caches, storage_carbon=storage_carbon or CarbonConfig(), beta_g_per_gb=beta_g_per_gb,
+                        initial_counts=initial_counts, initial_capacity_gb=initial_capacity_gb,
+                        min_total_replicas=min_total_replicas)
