@@ -19,7 +19,9 @@ Notation (slot t = 1..T of Δ hours; GPU type k; cache configuration c):
                (× the reuse fraction when past its lifetime)
     b_tkc      grams per request/s served by type k with cache c in slot t: busy power above idle
     s_tc       grams of cache c through slot t (storage power and embodied)
-    α_k, β     switching cost (g per type-k replica started or stopped, g per GB changed)
+    α_k, β     switching cost (g per type-k replica started, g per GB changed); stopping a replica
+               is free: with a cost on both, a 12-slot horizon keeps an idle replica powered whenever
+               12 slots of its idle carbon cost less than stopping it, every hour again
 
 Variables: n[t,k] ∈ {0..N_k} integer, y[t,c] ∈ {0,1}, z[t,k,c] ≥ 0 (the load type k serves under
 cache c; only where μ_kc > 0), u[t,k], v[t] ≥ 0.
@@ -35,7 +37,7 @@ Constraints (numbered as in the code):
     (3) z[t,k,c] ≤ λ_t·y[t,c]                            ... under the chosen configuration
     (4) Σ_c z[t,k,c] / μ_kc ≤ n[t,k]                     SLO: no replica above its SLO rate
     (5) Σ_k n[t,k] ≥ n_min                               fewest replicas in all (the operator's floor)
-    (6) u[t,k] ≥ ±(n[t,k] − n[t−1,k]),  v[t] ≥ ±(Σ_c cap_c·y[t,c] − Σ_c cap_c·y[t−1,c]);
+    (6) u[t,k] ≥ n[t,k] − n[t−1,k],  v[t] ≥ ±(Σ_c cap_c·y[t,c] − Σ_c cap_c·y[t−1,c]);
         slot 0 is the current state
 
 With one type this is the single-type planner's problem (autoscaler/planner.py): (4) becomes
@@ -43,8 +45,8 @@ n ≥ λ·W/ρ_max, its `rmin`. The load split z is the router's target share pe
 
 Exact oracle: given the counts n and the cache c of a slot, the best split is a small LP whose
 optimum is greedy (fill the type with the lowest b_tkc first, up to μ_kc·n_k), so every slot's
-cost is a function of the state (n_1..n_K, c); the switching cost is separable and L1 in every
-coordinate, so `solve_fleet_dp` is a shortest path over those states with one L1 distance
+cost is a function of the state (n_1..n_K, c); the switching cost is separable and piecewise
+linear in every coordinate (one slope up, another down), so `solve_fleet_dp` is a shortest path over those states with one L1 distance
 transform per axis: O(T·Π_k(N_k+1)·|C|·(K+1)). It is the MILP's warm start and the tests' oracle.
 """
 
@@ -256,7 +258,7 @@ def solve_fleet_dp(p: FleetProblem) -> FleetPlan:
 
     def switch_from(counts0: np.ndarray, cap0: float) -> np.ndarray:
         grids = np.meshgrid(*axes, caps_s, indexing="ij")
-        return sum(p.types[i].alpha_g_per_replica * np.abs(grids[i] - counts0[i]) for i in range(K)) \
+        return sum(p.types[i].alpha_g_per_replica * np.maximum(0, grids[i] - counts0[i]) for i in range(K)) \
             + p.beta_g_per_gb * np.abs(grids[K] - cap0)
 
     costs, splits = [], []
@@ -271,8 +273,9 @@ def solve_fleet_dp(p: FleetProblem) -> FleetPlan:
         src = np.arange(size).reshape(shape)
         g = V
         for ax in range(K + 1):
-            pos, w = (caps_s, p.beta_g_per_gb) if ax == K else (axes[ax], p.types[ax].alpha_g_per_replica)
-            g, arg = l1_transform(g, pos, w, axis=ax)
+            pos, w, w_down = (caps_s, p.beta_g_per_gb, p.beta_g_per_gb) if ax == K \
+                else (axes[ax], p.types[ax].alpha_g_per_replica, 0.0)
+            g, arg = l1_transform(g, pos, w, axis=ax, w_down=w_down)
             src = np.take_along_axis(src, arg, axis=ax)
         back[t] = src.ravel()
         V = costs[t] + g
@@ -312,7 +315,7 @@ def fleet_plan_cost(p: FleetProblem, counts: Sequence[Sequence[int]], cache: Seq
     prev, prev_cap, switch = p.initial(), p.initial_capacity_gb, 0.0
     for t in range(p.T):
         cap = p.caches[cache[t]].capacity_gb
-        switch += sum(k.alpha_g_per_replica * abs(counts[t][i] - prev[i]) for i, k in enumerate(p.types))
+        switch += sum(k.alpha_g_per_replica * max(0, counts[t][i] - prev[i]) for i, k in enumerate(p.types))
         switch += p.beta_g_per_gb * abs(cap - prev_cap)
         prev, prev_cap = np.asarray(counts[t]), cap
     return {"slots_g": slot, "switching_g": switch, "total_g": slot + switch}
@@ -324,24 +327,25 @@ def _through_cost(p: FleetProblem) -> list[np.ndarray]:
     K = len(p.types)
     caps = np.array([c.capacity_gb for c in p.caches])
     order = np.argsort(caps, kind="stable")
-    axes = [(np.arange(k.max_count + 1, dtype=float), k.alpha_g_per_replica) for k in p.types] + \
-        [(caps[order], p.beta_g_per_gb)]
+    axes = [(np.arange(k.max_count + 1, dtype=float), k.alpha_g_per_replica, 0.0) for k in p.types] + \
+        [(caps[order], p.beta_g_per_gb, p.beta_g_per_gb)]
 
-    def spread(f: np.ndarray) -> np.ndarray:  # min over s' of f(s') + switching(s, s')
-        for ax, (pos, w) in enumerate(axes):
-            f, _ = l1_transform(f, pos, w, axis=ax)
+    def spread(f: np.ndarray, forward: bool) -> np.ndarray:
+        """min over s' of f(s') + switching(s' → s) (forward) or switching(s → s') (backward)."""
+        for ax, (pos, up, down) in enumerate(axes):
+            f, _ = l1_transform(f, pos, up if forward else down, axis=ax, w_down=down if forward else up)
         return f
 
     costs = [p.state_cost(t)[0][..., order] for t in range(p.T)]
-    grids = np.meshgrid(*[a for a, _ in axes], indexing="ij")
+    grids = np.meshgrid(*[a for a, _, _ in axes], indexing="ij")
     init = p.initial()
-    fwd = [costs[0] + sum(p.types[i].alpha_g_per_replica * np.abs(grids[i] - init[i]) for i in range(K))
+    fwd = [costs[0] + sum(p.types[i].alpha_g_per_replica * np.maximum(0, grids[i] - init[i]) for i in range(K))
            + p.beta_g_per_gb * np.abs(grids[K] - p.initial_capacity_gb)]
     for t in range(1, p.T):
-        fwd.append(costs[t] + spread(fwd[-1]))
+        fwd.append(costs[t] + spread(fwd[-1], True))
     bwd = [np.zeros_like(costs[0])]
     for t in range(p.T - 2, -1, -1):
-        bwd.insert(0, spread(costs[t + 1] + bwd[0]))
+        bwd.insert(0, spread(costs[t + 1] + bwd[0], False))
     inv = np.argsort(order)
     return [(f + b)[..., inv] for f, b in zip(fwd, bwd)]
 
@@ -397,8 +401,7 @@ def solve_fleet_milp(p: FleetProblem, *, time_limit_s: float = 5.0, warm_start: 
         prev_cap = p.initial_capacity_gb if t == 0 else mip.xsum(caps[c] * y[t - 1][c] for c in C)
         for k in K:
             prev = int(init[k]) if t == 0 else n[t - 1][k]
-            m += u[t][k] >= n[t][k] - prev, f"c6_u_up_{t}_{k}"  # (6)
-            m += u[t][k] >= prev - n[t][k], f"c6_u_down_{t}_{k}"
+            m += u[t][k] >= n[t][k] - prev, f"c6_u_start_{t}_{k}"  # (6)
         m += v[t] >= capt - prev_cap, f"c6_v_up_{t}"
         m += v[t] >= prev_cap - capt, f"c6_v_down_{t}"
     if warm_start is not None:
@@ -445,12 +448,13 @@ def fleet_problem(types: Sequence[GPUType], *, intensity: Sequence[float], load_
                   caches: Sequence[CacheOption], slo, prompt_tokens: float, output_tokens: float,
                   slot_hours: float = 1.0, alpha_g_per_replica: float = 20.0, beta_g_per_gb: float = 0.05,
                   initial_counts: Optional[Sequence[int]] = None, initial_capacity_gb: float = 0.0,
-                  min_total_replicas: int = 1, storage_carbon: Optional[CarbonConfig] = None) -> FleetProblem:
+                  min_total_replicas: int = 1, storage_carbon: Optional[CarbonConfig] = None,
+                  perfs: Optional[Sequence] = None) -> FleetProblem:
     """The planner's problem for real GPU types: W_kc and μ_kc from each type's profile and the
     SLO, f/b from each type's carbon figures; α is per GPU (a 4-GPU replica costs 4α to switch)."""
     ftypes = []
-    for t in types:
-        perf = t.perf()
+    for i, t in enumerate(types):
+        perf = perfs[i] if perfs is not None else t.perf()
         work = np.array([perf.work_s(prompt_tokens, output_tokens, c.hit_ratio) for c in caches])
         rate = np.array([slo_rate(perf, slo, prompt_tokens, output_tokens, c.hit_ratio) for c in caches])
         ftypes.append(FleetType(name=t.name, max_count=t.count, carbon=t.carbon, work_s=work, rate_rps=rate,

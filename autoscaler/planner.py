@@ -142,15 +142,20 @@ class Plan:
     breakdown: dict = field(default_factory=dict)
 
 
-def l1_transform(f: np.ndarray, pos: np.ndarray, w: float, axis: int) -> tuple[np.ndarray, np.ndarray]:
+def l1_transform(f: np.ndarray, pos: np.ndarray, w: float, axis: int,
+                 w_down: Optional[float] = None) -> tuple[np.ndarray, np.ndarray]:
     """g_i = min_j f_j + w·|pos_i − pos_j| along `axis` (positions sorted ascending), and the
-    argmin j: one forward and one backward pass, O(n) per line."""
+    argmin j: one forward and one backward pass, O(n) per line. With `w_down`, moving from j
+    down to i (pos_i < pos_j) costs w_down per unit instead (the forward pass carries the moves
+    up, the backward pass the moves down; a path that goes up then down never costs less than
+    the direct move, so the result stays exact)."""
+    w_down = w if w_down is None else w_down
     g = np.moveaxis(f.copy(), axis, 0)
     arg = np.broadcast_to(np.arange(g.shape[0]).reshape((-1,) + (1,) * (g.ndim - 1)), g.shape).copy()
     for order in (range(1, g.shape[0]), range(g.shape[0] - 2, -1, -1)):
         for i in order:
             j = i - 1 if order.step == 1 else i + 1
-            cand = g[j] + w * abs(pos[i] - pos[j])
+            cand = g[j] + (w if order.step == 1 else w_down) * abs(pos[i] - pos[j])
             better = cand < g[i]
             g[i] = np.where(better, cand, g[i])
             arg[i] = np.where(better, arg[j], arg[i])

@@ -15,6 +15,11 @@ Policies (names as in `greencache simulate --policies`):
 | `carbon-threshold` | Serve's default, capped by carbon-intensity bands (KEDA-style) | full, fixed |
 | `cache-ilp` | fixed, provisioned for the peak | chosen hourly by the planner (GreenCache-style) |
 | `joint-milp` | chosen hourly by the planner (ours) | chosen hourly by the planner |
+| `ecoserve` | per GPU type, rightsized hourly against carbon (EcoServe-style) | 0 (no cache sizing) |
+
+With a mixed GPU fleet (`greencache simulate --fleet h100:8,a100:8`), `joint-milp` and `ecoserve`
+choose a count per GPU type (`FleetPlannerPolicy`, autoscaler/fleet.py); the others run on the
+fleet's first type.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
 
-POLICY_NAMES = ("static", "no-cache", "serve-default", "carbon-threshold", "cache-ilp", "joint-milp")
+POLICY_NAMES = ("static", "no-cache", "serve-default", "carbon-threshold", "cache-ilp", "joint-milp", "ecoserve")
 
 
 @dataclass
@@ -40,6 +45,7 @@ class Observation:
     ongoing_requests: float = 0.0  # requests in flight now (queue-based policies)
     current_replicas: int = 1
     current_capacity_gb: float = 0.0
+    current_counts: Optional[dict] = None  # replicas per GPU type, with a mixed fleet
     access_sample: list = field(default_factory=list)  # SHARDS-sampled chunk keys, in access order
     sample_rate: float = 1.0
     chunk_bytes: int = 0
@@ -80,6 +86,7 @@ class Decision:
     capacity_gb: float
     reason: str = ""
     details: dict = field(default_factory=dict)
+    counts: Optional[dict] = None  # replicas per GPU type (mixed fleets); `replicas` is their sum
 
 
 class Policy(Protocol):
@@ -267,3 +274,55 @@ class PlannerPolicy:
                      "rmin_for_choice": int(problem.rmin[0, c]),
                      "slo_met": bool(out.replicas[0] >= problem.rmin[0, c]),
                      "cache_name": problem.caches[c].name})
+
+
+class FleetPlannerPolicy(PlannerPolicy):
+    """The planner over a mixed GPU fleet (autoscaler/fleet.py): per slot, replicas of each
+    type and the cache; applies slot 1. As `ecoserve` (EcoServe-style provisioning): one cache
+    option (none), a one-slot horizon and no switching cost, so each hour it rightsizes the
+    fleet across types against that hour's carbon, with embodied carbon amortised over each
+    type's lifetime (and the reuse fraction for GPUs past it)."""
+
+    def __init__(self, name: str, *, types, perfs=None, capacities_gb: Sequence[float], **kw: Any) -> None:
+        super().__init__(name, replica_options=[1], capacities_gb=capacities_gb, **kw)
+        self.types = list(types)
+        self.perfs = perfs or [t.perf() for t in self.types]
+
+    def decide(self, obs: Observation) -> Decision:
+        from autoscaler.fleet import fleet_problem, plan_fleet
+        from autoscaler.perf_model import SLO
+        from autoscaler.planner import PlanInfeasible
+        from autoscaler.scenario import cache_options
+
+        H = self.horizon_slots
+        fc = list(obs.intensity_forecast)[:H]
+        fc += [fc[-1]] * (H - len(fc))
+        hfn, curve_note = self.hit_ratio_fn(obs)
+        caches = cache_options(self.capacities_gb, self.workload, hfn)
+        names = [t.name for t in self.types]
+        current = obs.current_counts or {}
+        problem = fleet_problem(
+            self.types, perfs=self.perfs, intensity=fc, load_rps=[max(0.0, float(obs.arrival_rps))] * H,
+            caches=caches, slo=self.slo or SLO(),
+            prompt_tokens=obs.effective_prompt_tokens or obs.mean_prompt_tokens or self.prompt_tokens,
+            output_tokens=obs.mean_output_tokens or self.output_tokens, slot_hours=1.0,
+            alpha_g_per_replica=self.alpha, beta_g_per_gb=self.beta,
+            initial_counts=[int(current.get(n, 0)) for n in names], initial_capacity_gb=float(obs.current_capacity_gb))
+        reason = ""
+        try:
+            out = plan_fleet(problem, time_limit_s=self.solver_time_limit_s)
+            counts, c = dict(zip(names, out.counts[0])), out.cache[0]
+            reason = out.reason
+        except PlanInfeasible as e:  # more load than the whole fleet serves within the SLO
+            c = len(caches) - 1  # the largest cache, and every replica of the types that can meet the SLO at all
+            useful = {k.name for k in problem.types if k.rate_rps[c] > 0} or {k.name for k in problem.types}
+            counts = {t.name: (t.count if t.name in useful else 0) for t in self.types}
+            reason = f"SLO not attainable with the whole fleet ({e}); running every replica of {sorted(useful)}"
+            out = None
+        self.last_problem = problem
+        return Decision(
+            replicas=int(sum(counts.values())), capacity_gb=float(caches[c].capacity_gb), counts=counts,
+            reason=f"{reason}; {curve_note}",
+            details={"plan": {"counts": out.counts if out else None, "method": out.method if out else "all",
+                              "objective_g": out.objective_g if out else None},
+                     "hit_ratio": float(caches[c].hit_ratio), "cache_name": caches[c].name})

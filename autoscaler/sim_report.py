@@ -18,7 +18,9 @@ def table(result: dict) -> str:
         red = r.get("reduction_vs_static_pct")
         lines.append(f"{name:<17}{r['total_kg']:>10.2f}{r['operational_kg']:>10.2f}{r['embodied_kg']:>10.2f}"
                      f"{r['energy_kwh']:>9.1f}{r['slo_attainment']:>9.3f}{r['hit_ratio']:>7.3f}"
-                     f"{r['replica_hours']:>8.0f}{(f'{red:.1f}%' if red is not None else '-'):>8}")
+                     f"{r['replica_hours']:>8.0f}{(f'{red:.1f}%' if red is not None else '-'):>8}"
+                     + ("  " + " ".join(f"{k} {v:.0f}" for k, v in r["replica_hours_by_type"].items())
+                        if result.get("fleet") and r.get("replica_hours_by_type") else ""))
     return "\n".join(lines)
 
 

@@ -29,6 +29,11 @@ Models (stated, with their sources):
   (`CarbonConfig`).
 - **SLO** per request: TTFT ≤ max(`ttft_base_s`, `ttft_scale` × its uncached prefill time on an
   idle replica) and TPOT ≤ `tpot_s`. Attainment is the fraction meeting both.
+- **Mixed fleets** (`SimConfig.fleet`, e.g. `h100:8,a100:8`): one pool of replicas per GPU type,
+  each with its own profile, power and embodied carbon (autoscaler/fleet.py); the router sends
+  a request to the replica, of any type, that would finish its prefill first (its queue and its
+  type's speed; ties: the type whose mean request costs the least energy). The SLO stays the model's reference one (its H100 profile),
+  so runs with different fleets are judged alike. Without a fleet: the model's reference type.
 """
 
 from __future__ import annotations
@@ -47,8 +52,8 @@ from pydantic import BaseModel, Field
 
 from autoscaler.carbon import SSD_EMBODIED_KG_PER_GB, CarbonConfig
 from autoscaler.perf_model import SLO, PerfModel
-from autoscaler.policies import (CarbonThresholdPolicy, Observation, PlannerPolicy, ServeDefaultPolicy,
-                                 StaticPolicy, POLICY_NAMES)
+from autoscaler.policies import (CarbonThresholdPolicy, FleetPlannerPolicy, Observation, PlannerPolicy,
+                                 ServeDefaultPolicy, StaticPolicy, POLICY_NAMES)
 from autoscaler.workloads import Trace
 from cache_store.sampling import sampled_ids
 
@@ -82,6 +87,8 @@ class SimConfig(BaseModel):
     carbon_bands: Sequence[float] = Field((1 / 3, 2 / 3), description="Carbon-threshold quantiles of the grid's year.")
     horizon_slots: int = Field(12, ge=1)
     solver_time_limit_s: float = Field(2.0, gt=0)
+    fleet: Optional[str] = Field(None, description="Mixed GPU fleet, e.g. h100:8,a100:8 (a100:8:reuse: past lifetime); "
+                                 "default: the model's reference GPU, replicas up to max_replicas.")
 
 
 def model_perf(model: str) -> tuple[PerfModel, dict]:
@@ -231,41 +238,98 @@ class SimReplicas:
         return min(1.0, r.acc / PREFILL_BUSY_TAU_S)
 
 
+class SimFleet:
+    """Pools of replicas, one per GPU type (a single pool without a mixed fleet)."""
+
+    def __init__(self, pools: dict[str, SimReplicas], order: Sequence[str]) -> None:
+        self.pools = pools
+        self.order = list(order)  # tie-break: least energy per mean request first
+
+    @property
+    def active(self) -> list:
+        return [r for name in self.order for r in self.pools[name].active]
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(p.active) for name, p in self.pools.items()}
+
+    def set_counts(self, counts: dict[str, int], t: float, initial: bool = False) -> None:
+        for name, pool in self.pools.items():
+            pool.set_target(int(counts.get(name, 0)), t, initial=initial)
+
+    def serve(self, t: float, prompt: int, output: int, cached: int) -> tuple[str, Served]:
+        """On the pool whose best replica would finish this request's prefill first."""
+        if len(self.order) == 1:
+            return self.order[0], self.pools[self.order[0]].serve(t, prompt, output, cached)
+        best, best_first = self.order[0], math.inf
+        for name in self.order:
+            pool = self.pools[name]
+            if pool.active:
+                _, start = pool._route(t)
+                first = start + pool.perf.prefill_s(prompt - cached) \
+                    + pool.perf.load_s_per_token.get("disk", 0.0) * cached
+                if first < best_first:
+                    best, best_first = name, first
+        return best, self.pools[best].serve(t, prompt, output, cached)
+
+
 class HourlyLedger:
     """Per-hour amounts the simulation's carbon is priced from (replica-seconds powered, GPU
     energy above idle, provisioned GB-seconds) and the hourly timeline of the decisions."""
 
-    def __init__(self, hours: int) -> None:
+    def __init__(self, hours: int, types: Sequence[str] = ("gpu",)) -> None:
         self.H = hours
-        self.rep_s = np.zeros(hours)
-        self.busy_j = np.zeros(hours)
+        self.types = list(types)
+        self.rep_s_by = {k: np.zeros(hours) for k in self.types}  # replica-seconds powered, per GPU type
+        self.busy_j_by = {k: np.zeros(hours) for k in self.types}
         self.gb_s = np.zeros(hours)
         self.replicas = np.zeros(hours)
+        self.replicas_by = {k: np.zeros(hours) for k in self.types}
         self.capacity_gb = np.zeros(hours)
         self.last_t = 0.0
+
+    @property
+    def rep_s(self) -> np.ndarray:
+        return sum(self.rep_s_by.values())
+
+    @property
+    def busy_j(self) -> np.ndarray:
+        return sum(self.busy_j_by.values())
 
     def _hour(self, t: float) -> int:
         return min(int(t // 3600), self.H - 1)
 
-    def advance(self, t_now: float, fleet: SimReplicas, cache: SimCache) -> None:
+    def advance(self, t_now: float, fleet: SimFleet, cache: SimCache) -> None:
         """Charge the powered replicas and provisioned capacity from the last call until `t_now`."""
         dt = t_now - self.last_t
         if dt <= 0:
             return
         h = self._hour(self.last_t)
-        self.rep_s[h] += fleet.powered(self.last_t) * dt
+        for k, pool in fleet.pools.items():
+            self.rep_s_by[k][h] += pool.powered(self.last_t) * dt
+            self.replicas_by[k][h] = len(pool.active)
         self.gb_s[h] += cache.capacity_gb * dt
         self.replicas[h] = len(fleet.active)
         self.capacity_gb[h] = cache.capacity_gb
         self.last_t = t_now
 
-    def charge_busy(self, t: float, joules: float) -> None:
-        self.busy_j[self._hour(t)] += joules
+    def charge_busy(self, t: float, joules: float, gpu_type: str = "gpu") -> None:
+        self.busy_j_by[gpu_type][self._hour(t)] += joules
 
-    def footprint(self, carbon: CarbonConfig, intensity: np.ndarray):
-        """The whole run's carbon, hour by hour through the one carbon-cost function."""
-        return carbon.footprint(intensity_g_per_kwh=intensity[:self.H], replica_hours=self.rep_s / 3600,
-                                busy_wh=self.busy_j / 3600, ssd_gb_hours=self.gb_s / 3600)
+    def footprint(self, carbon: dict[str, tuple[CarbonConfig, float]], storage: CarbonConfig, intensity: np.ndarray):
+        """The whole run's carbon, hour by hour through the one carbon-cost function: each GPU
+        type's replicas with its own factors (`carbon[type]` = (config, embodied scale)), plus
+        the cache's storage."""
+        from autoscaler.carbon import Footprint
+
+        ci = intensity[:self.H]
+        st = storage.footprint(intensity_g_per_kwh=ci, ssd_gb_hours=self.gb_s / 3600)
+        op, emb, energy = st.operational_g, st.embodied_g, st.energy_kwh
+        for k in self.types:
+            cfg, scale = carbon[k]
+            fp = cfg.footprint(intensity_g_per_kwh=ci, replica_hours=self.rep_s_by[k] / 3600,
+                               busy_wh=self.busy_j_by[k] / 3600)
+            op, emb, energy = op + fp.operational_g, emb + scale * fp.embodied_g, energy + fp.energy_kwh
+        return Footprint(operational_g=op, embodied_g=emb, energy_kwh=energy)
 
 
 # ---- the simulation ----------------------------------------------------------------------
@@ -290,8 +354,9 @@ class PolicyResult:
     tpot_p50_s: float
     tpot_p90_s: float
     mean_capacity_gb: float
-    timeline: dict  # hourly: intensity, replicas, capacity_gb
+    timeline: dict  # hourly: intensity, replicas, capacity_gb (and replicas per GPU type)
     reduction_vs_static_pct: Optional[float] = None
+    replica_hours_by_type: Optional[dict] = None
 
     def summary(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "timeline"}
@@ -312,6 +377,7 @@ class Simulation:
         self.tpot_s = cfg.tpot_s if cfg.tpot_s is not None else tpot
         self.carbon = CarbonConfig(gpus_per_replica=int(meta["gpus_per_replica"]),
                                    ssd_embodied_kg_per_gb=cfg.ssd_embodied_kg_per_gb, gpu_idle_w=cfg.gpu_idle_w)
+        self._fleet_types()
         self.chunk_bytes = int(trace.block_tokens * meta["kv_bytes_per_token"])
         self.source = source or TraceSource.grid(cfg.grid)
         self.start = datetime.fromisoformat(cfg.start).replace(tzinfo=timezone.utc)
@@ -327,6 +393,35 @@ class Simulation:
         self.blocks_list = trace.blocks.tolist()
         self._provision()
 
+    def _fleet_types(self) -> None:
+        """The GPU types replicas run on: the fleet's, or the model's reference type alone."""
+        from autoscaler.fleet import GPUType, parse_fleet
+
+        cfg = self.cfg
+        if cfg.fleet:
+            types = parse_fleet(cfg.fleet, cfg.model)
+            upd = {"ssd_embodied_kg_per_gb": cfg.ssd_embodied_kg_per_gb}
+            self.types = [t.model_copy(update={"carbon": t.carbon.model_copy(update={
+                **upd, **({"gpu_idle_w": cfg.gpu_idle_w} if t.carbon.gpu == self.carbon.gpu else {})})})
+                for t in types]
+        else:
+            self.types = [GPUType(name=self.carbon.gpu.lower(), count=0, profile=str(PROFILES / MODELS[cfg.model][0]),
+                                  carbon=self.carbon)]
+        self.type_perf = {t.name: (self.perf if t.profile.endswith(MODELS[cfg.model][0]) else t.perf())
+                          for t in self.types}
+        self.type_carbon = {t.name: (t.carbon, t.embodied_scale()) for t in self.types}
+        # the router's tie-break: least energy for a mean request (2k prompt, 256 out) first
+        def energy(t) -> float:
+            perf, pw = self.type_perf[t.name], t.carbon.power
+            return t.carbon.gpus_per_replica * (pw.prefill_w * perf.prefill_s(2048)
+                                                + pw.decode_w * 256 * perf.decode_step_s(16, 2176) / 16)
+        self.type_order = [t.name for t in sorted(self.types, key=energy)]
+        self.primary = self.types[0].name
+
+    def new_fleet(self) -> SimFleet:
+        return SimFleet({t.name: SimReplicas(self.cold_start_s, self.type_perf[t.name], self.cfg.chunk_tokens, t.carbon)
+                         for t in self.types}, self.type_order)
+
     # ---- provisioning: what an operator sizes the static deployments for -----------------
     def _provision(self) -> None:
         from autoscaler.hitrate import HitRateCurve
@@ -339,6 +434,7 @@ class Simulation:
         curve = HitRateCurve.from_stream(((int(k), 1) for k in sample), chunk_bytes=self.chunk_bytes,
                                          expected_weight=r * int(tr.block_ptr[end]))
         best = curve.hit_ratio(math.inf)
+        self.provision_curve = curve
         # capacity ladder: the smallest power-of-two × 1 chunk-GB reaching full_hit_fraction of best
         unit = self.chunk_bytes / 1e9
         full = unit
@@ -358,6 +454,12 @@ class Simulation:
         self.static_replicas = self.perf.rmin(self.peak_rps, self.effective_prompt, self.mean_output, h_full, slo)
         self.nocache_replicas = self.perf.rmin(self.peak_rps, self.effective_prompt, self.mean_output, 0.0, slo)
         self.max_replicas = cfg.max_replicas or max(2, 2 * max(self.static_replicas, self.nocache_replicas))
+        if not cfg.fleet:
+            self.types[0] = self.types[0].model_copy(update={"count": self.max_replicas})
+
+    def hit_at(self, capacity_gb: float) -> float:
+        """The provisioning curve's token hit ratio at `capacity_gb` (the first six hours' sample)."""
+        return self.provision_curve.hit_ratio(capacity_gb * 1e9 * self.cfg.sample_rate)
 
     def planner_slo(self) -> SLO:
         """The SLO the planners plan for: the per-request rule at the mean prompt."""
@@ -393,13 +495,22 @@ class Simulation:
             # dirty third → 3/4 of it (KEDA carbon-aware scaler style: carbon over SLO)
             caps = (1.0, self.static_replicas / self.max_replicas, 0.75 * self.static_replicas / self.max_replicas)
             return CarbonThresholdPolicy(1, self.max_replicas, full, th, caps=caps)
+        if name == "ecoserve" or (name == "joint-milp" and self.cfg.fleet):
+            a = self.autoscaler_config(name)
+            eco = name == "ecoserve"
+            return FleetPlannerPolicy(
+                name, types=self.types, perfs=[self.type_perf[t.name] for t in self.types],
+                capacities_gb=[0.0] if eco else a.capacities_gb, horizon_slots=1 if eco else a.horizon_slots,
+                solver_time_limit_s=a.solver_time_limit_s, perf=self.perf, slo=a.slo, carbon=a.carbon,
+                prompt_tokens=a.prompt_tokens, output_tokens=a.output_tokens,
+                **({"alpha_g_per_replica": 0.0, "beta_g_per_gb": 0.0} if eco else {}))
         if name in ("cache-ilp", "joint-milp"):
             # built exactly as the live actor builds its policy, from an AutoscalerConfig
             return PlannerPolicy.from_autoscaler_config(self.autoscaler_config(name), self.perf, name=name)
         raise ValueError(f"unknown policy {name!r}; choose from {list(POLICY_NAMES)}")
 
     # ---- observation ---------------------------------------------------------------------
-    def observe(self, t: float, interval_s: float, replicas: SimReplicas, cache: SimCache, ongoing: int,
+    def observe(self, t: float, interval_s: float, replicas: SimFleet, cache: SimCache, ongoing: int,
                 want_sample: bool, latencies: Optional[tuple[np.ndarray, np.ndarray]] = None) -> Observation:
         """What a policy sees at `t`, as the live actor builds it: the last interval's request rate,
         token mix and (with `latencies`, the run's TTFT/TPOT so far) mean TTFT/TPOT; the sampled
@@ -426,12 +537,12 @@ class Simulation:
             trace_time=self.start + timedelta(seconds=t),
             intensity_forecast=[float(x) for x in self.intensity[hour:hour + self.cfg.horizon_slots]] or [0.0],
             arrival_rps=rate, ongoing_requests=float(ongoing), current_replicas=len(replicas.active),
-            current_capacity_gb=cache.capacity_gb, access_sample=sample, sample_rate=self.cfg.sample_rate,
+            current_capacity_gb=cache.capacity_gb, current_counts=replicas.counts(), access_sample=sample, sample_rate=self.cfg.sample_rate,
             chunk_bytes=self.chunk_bytes, window_accesses=window, mean_prompt_tokens=mp, mean_output_tokens=mo,
             effective_prompt_tokens=ep, mean_ttft_s=mttft, mean_tpot_s=mtpot, now_s=t)
 
     # ---- run one policy ------------------------------------------------------------------
-    def _decide(self, policy, t: float, fleet: SimReplicas, cache: SimCache, in_flight: list, initial=False,
+    def _decide(self, policy, t: float, fleet: SimFleet, cache: SimCache, in_flight: list, initial=False,
                 latencies=None) -> None:
         """One decision point: observe, decide, apply the decision to the simulated actuators."""
         while in_flight and in_flight[0] <= t:
@@ -439,7 +550,7 @@ class Simulation:
         obs = self.observe(t, policy.interval_s, fleet, cache, len(in_flight), isinstance(policy, PlannerPolicy),
                            latencies)
         dec = policy.decide(obs)
-        fleet.set_target(dec.replicas, t, initial=initial)
+        fleet.set_counts(dec.counts if dec.counts is not None else {self.primary: dec.replicas}, t, initial=initial)
         cache.set_capacity(dec.capacity_gb)
 
     def run(self, policy, progress: Optional[Callable[[float], None]] = None) -> PolicyResult:
@@ -450,8 +561,8 @@ class Simulation:
         arrivals, prompts, outputs = tr.arrival_s.tolist(), tr.prompt_tokens.tolist(), tr.output_tokens.tolist()
         ptr, blocks = tr.block_ptr.tolist(), self.blocks_list
         cache = SimCache(self.chunk_bytes)
-        fleet = SimReplicas(self.cold_start_s, self.perf, self.cfg.chunk_tokens, self.carbon)
-        ledger = HourlyLedger(self.hours)
+        fleet = self.new_fleet()
+        ledger = HourlyLedger(self.hours, [t.name for t in self.types])
         in_flight: list[float] = []  # end times of requests still running (queue-based policies)
         ttft, tpot, finish = np.empty(n), np.empty(n), np.full(n, np.nan)
         self._decide(policy, 0.0, fleet, cache, in_flight, initial=True)
@@ -475,10 +586,10 @@ class Simulation:
             tick_until(t)
             hit = cache.access(blocks[ptr[i]:ptr[i + 1]])
             cached = min(hit * tr.block_tokens, prompts[i] - 1)  # one token is always computed
-            served = fleet.serve(t, prompts[i], outputs[i], cached)
+            gpu_type, served = fleet.serve(t, prompts[i], outputs[i], cached)
             heapq.heappush(in_flight, served.end_s)
             ttft[i], tpot[i], finish[i] = served.ttft_s, served.tpot_s, served.end_s
-            ledger.charge_busy(served.start_s, served.busy_j)
+            ledger.charge_busy(served.start_s, served.busy_j, gpu_type)
             cached_tokens += cached
             if progress is not None and i % prog_every == 0:
                 progress(i / n)
@@ -488,12 +599,13 @@ class Simulation:
         if progress is not None:
             progress(1.0)
         self.last_finish = finish
+        self.last_ledger = ledger
         return self._result(policy.name, ledger, ttft, tpot, finish, cached_tokens, t_end)
 
     def _result(self, name: str, ledger: HourlyLedger, ttft, tpot, finish, cached_tokens: int,
                 t_end: float) -> PolicyResult:
         tr, n = self.trace, len(self.trace)
-        fp = ledger.footprint(self.carbon, self.intensity)
+        fp = ledger.footprint(self.type_carbon, self.carbon, self.intensity)
         op_g, emb_g = float(np.sum(fp.operational_g)), float(np.sum(fp.embodied_g))
         p = tr.prompt_tokens.astype(float)
         ttft_ok = ttft <= np.maximum(self.ttft_base_s, self.cfg.ttft_scale * self.perf.prefill_s(p))
@@ -513,7 +625,10 @@ class Simulation:
             tpot_p50_s=float(np.median(tpot)) if n else 0.0, tpot_p90_s=float(np.quantile(tpot, 0.9)) if n else 0.0,
             mean_capacity_gb=float(np.sum(ledger.gb_s) / max(t_end, 1.0)),
             timeline={"intensity": self.intensity[:hours_run].tolist(), "replicas": ledger.replicas[:hours_run].tolist(),
-                      "capacity_gb": ledger.capacity_gb[:hours_run].tolist()},
+                      "capacity_gb": ledger.capacity_gb[:hours_run].tolist(),
+                      **({"replicas_by_type": {k: v[:hours_run].tolist() for k, v in ledger.replicas_by.items()}}
+                         if self.cfg.fleet else {})},
+            replica_hours_by_type={k: float(v.sum() / 3600) for k, v in ledger.rep_s_by.items()},
         )
 
 
@@ -541,7 +656,7 @@ def simulate(trace: Trace, config: SimConfig, policies: Sequence[str] = POLICY_N
         for r in results.values():
             r.reduction_vs_static_pct = 100.0 * (base - r.total_kg) / base if base else None
     return {
-        "trace": trace.name, "grid": config.grid, "model": config.model, "start": config.start,
+        "trace": trace.name, "grid": config.grid, "model": config.model, "start": config.start, "fleet": config.fleet,
         "days": trace.duration_s / 86400, "requests": len(trace),
         "provisioning": {"static_replicas": sim.static_replicas, "no_cache_replicas": sim.nocache_replicas,
                          "max_replicas": sim.max_replicas, "full_capacity_gb": sim.full_capacity_gb,

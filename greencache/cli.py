@@ -381,7 +381,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     try:
         trace = load_trace(args.trace, days=args.days, rps=args.rps, seed=args.seed, diurnal=args.diurnal)
         cfg = SimConfig(model=args.model, grid=args.grid, start=args.start,
-                        ssd_embodied_kg_per_gb=args.ssd_embodied_kg_per_gb, gpu_idle_w=args.gpu_idle_w)
+                        ssd_embodied_kg_per_gb=args.ssd_embodied_kg_per_gb, gpu_idle_w=args.gpu_idle_w,
+                        fleet=args.fleet)
+        if args.fleet:
+            from autoscaler.fleet import parse_fleet
+
+            parse_fleet(args.fleet, args.model)  # a bad spec is an error now, not in a worker
     except (ValueError, KeyError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -444,6 +449,7 @@ def _add_simulate(sub) -> None:
     p.add_argument("--policies", default="all", help="'all' or a comma list")
     _flag(p, "--ssd-embodied-kg-per-gb", SimConfig, "ssd_embodied_kg_per_gb", type=float)
     _flag(p, "--gpu-idle-w", SimConfig, "gpu_idle_w", type=float)
+    _flag(p, "--fleet", SimConfig, "fleet")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="policies run in parallel")
     p.add_argument("--plots", default=None, help="write PNG plots to this directory")

@@ -87,6 +87,8 @@ def test_milp_cold_finds_the_dp_optimum_and_its_split_serves_the_load(seed):
 
 
 def test_one_type_is_the_single_type_planner():
+    # (without a replica switching cost: the fleet planner charges starts only, the single-type
+    # planner starts and stops alike; the cache's switching cost is the same in both)
     rng = np.random.default_rng(3)
     caps = [0.0, 200.0, 600.0, 1500.0]
     hit = [0.0, 0.3, 0.5, 0.6]
@@ -98,10 +100,10 @@ def test_one_type_is_the_single_type_planner():
     carbon = CarbonConfig()
     single = PlanProblem(slot_hours=1.0, arrival_rps=lam.tolist(), intensity=ci.tolist(), replica_options=list(range(1, 9)),
                          caches=caches, rmin=np.ceil(lam[:, None] * work[None, :] / 0.7).astype(int), prefill_s=prefill_s,
-                         decode_s=decode_s, carbon=carbon, alpha_g_per_replica=15.0, beta_g_per_gb=0.2,
+                         decode_s=decode_s, carbon=carbon, alpha_g_per_replica=0.0, beta_g_per_gb=0.2,
                          initial_replicas=3, initial_capacity_gb=200.0)
     fleet = FleetProblem(slot_hours=1.0, arrival_rps=lam.tolist(), intensity=ci.tolist(), caches=caches,
-                         types=[FleetType("h100", 8, carbon, work, 0.7 / work, alpha_g_per_replica=15.0)],
+                         types=[FleetType("h100", 8, carbon, work, 0.7 / work)],
                          storage_carbon=carbon, beta_g_per_gb=0.2, initial_counts=[3], initial_capacity_gb=200.0)
     a, b = solve_dp(single), solve_fleet_dp(fleet)
     assert b.objective_g == pytest.approx(a.objective_g, rel=1e-9)
@@ -112,7 +114,8 @@ def _two_types(reuse: bool, ci: float) -> FleetProblem:
     types = parse_fleet("h100:6,a100:6" + (":reuse" if reuse else ""))
     caches = [CacheOption("none", 0.0, 0.0), CacheOption("ssd", 400.0, 0.5)]
     return fleet_problem(types, intensity=[ci] * 6, load_rps=[3.0, 6.0, 9.0, 9.0, 6.0, 3.0], caches=caches,
-                         slo=SLO(ttft_s=2.0, tpot_s=0.1), prompt_tokens=2048, output_tokens=256)
+                         slo=SLO(ttft_s=2.0, tpot_s=0.1), prompt_tokens=2048, output_tokens=256,
+                         alpha_g_per_replica=2.0)
 
 
 def test_reuse_makes_old_gpus_worth_running_where_embodied_carbon_dominates():
@@ -159,3 +162,16 @@ def test_plan_cli_answers_which_gpus_to_run_when(capsys):
     assert reused["objective_g"] < fresh["objective_g"]
     assert cli.main(["plan", "--fleet", "h100:8,tpu:2"]) == 2
     assert "unknown GPU type 'tpu'" in capsys.readouterr().err
+
+
+def test_stopping_is_free_so_a_useless_replica_is_stopped_at_once():
+    # 6 replicas of each type running, load for one: every plan stops the rest in slot 0, even
+    # though starting costs far more than an idle hour (a cost on stopping would keep them)
+    p = _two_types(False, 300.0)
+    p.arrival_rps = [1.0] * p.T
+    p.initial_counts = [6, 6]
+    for k in p.types:
+        k.alpha_g_per_replica = 1000.0
+    out = plan_fleet(p)
+    assert sum(out.counts[0]) == 1
+    assert fleet_plan_cost(p, out.counts, out.cache)["switching_g"] == 0.0
