@@ -162,7 +162,13 @@ def render(runs: list[dict], sens: list[dict], days: float, idle: list[dict] = (
         for p in r.get("plots", []):
             lines.append(f"![{p}]({p})")
     lines.append("![summary](summary.png)")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + fleet_section()
+
+
+def fleet_section(out: Path = Path("benchmarks/results/simulate")) -> str:
+    """The mixed-fleet study (`python -m benchmarks.fleet_results`): its notes and tables, if run."""
+    parts = [out / "fleet_notes.md", out / "fleet.md"]
+    return "\n".join(p.read_text() for p in parts if p.exists())
 
 
 def summary_plot(runs: list[dict], out: Path) -> None:
