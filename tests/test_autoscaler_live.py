@@ -203,12 +203,12 @@ def test_simulated_policy_decides_like_the_live_actor(live, tmp_path):
     """The simulator's planner policies and the live actor's take the same decision for the same
     observation: the simulator builds them from the actor's own config, through the same code."""
     from autoscaler.actor import CarbonAutoscaler
-    from autoscaler.simulator import SimCache, SimConfig, SimReplicas, Simulation
+    from autoscaler.simulator import SimCache, SimConfig, Simulation
     from autoscaler.workloads import load_trace
 
     sim = Simulation(load_trace("mooncake-conversation", days=0.3, rps=1.0), SimConfig(grid="DE"))
-    reps = SimReplicas(60.0)
-    reps.set_target(3, 0.0, initial=True)
+    reps = sim.new_fleet()
+    reps.set_counts({sim.primary: 3}, 0.0, initial=True)
     cache = SimCache(sim.chunk_bytes)
     cache.set_capacity(sim.capacities_gb[3])
     for name in ("joint-milp", "cache-ilp"):
