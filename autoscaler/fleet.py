@@ -12,14 +12,15 @@ per hour (a stated parameter; 0 says "already paid for", and says so).
 Notation (slot t = 1..T of Δ hours; GPU type k; cache configuration c):
 
     λ_t        forecast arrival rate (requests/s)            N_k    replicas of type k available
-    W_kc       GPU-seconds per request on type k with cache c (prefill·(1 − h_c) + decode)
+    W_kc       replica-seconds per request on type k with cache c (prefill·(1 − h_c), KV load, decode)
     μ_kc       the most requests/s one type-k replica serves within the TTFT/TPOT SLO with cache
                c (0: it cannot meet the SLO at all)
     f_tk       grams of one type-k replica through slot t: idle power at CI_t, and embodied
                (× the reuse fraction when past its lifetime)
     b_tkc      grams per request/s served by type k with cache c in slot t: busy power above idle
     s_tc       grams of cache c through slot t (storage power and embodied)
-    α_k, β     switching cost (g per type-k replica started, g per GB changed); stopping a replica
+    α_k, β     switching cost (g per type-k replica started, g per GB changed; `fleet_problem`
+               takes α per GPU, so a 4-GPU replica costs 4α to start); stopping a replica
                is free: with a cost on both, a 12-slot horizon keeps an idle replica powered whenever
                12 slots of its idle carbon cost less than stopping it, every hour again
 
@@ -40,8 +41,11 @@ Constraints (numbered as in the code):
     (6) u[t,k] ≥ n[t,k] − n[t−1,k],  v[t] ≥ ±(Σ_c cap_c·y[t,c] − Σ_c cap_c·y[t−1,c]);
         slot 0 is the current state
 
-With one type this is the single-type planner's problem (autoscaler/planner.py): (4) becomes
-n ≥ λ·W/ρ_max, its `rmin`. The load split z is the router's target share per type.
+With one type and no replica switching cost this is the single-type planner's problem
+(autoscaler/planner.py), whose α charges stops as well as starts: (4) becomes n ≥ λ·W/ρ_max, its
+`rmin`. The split z is the planner's assumption about where load goes (cheapest busy energy
+first); the simulator's router does not follow it: it sends each request where its prefill
+would finish first.
 
 Exact oracle: given the counts n and the cache c of a slot, the best split is a small LP whose
 optimum is greedy (fill the type with the lowest b_tkc first, up to μ_kc·n_k), so every slot's
@@ -117,6 +121,8 @@ def parse_fleet(spec: str, model: str = "llama3-8b") -> list[GPUType]:
     out = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
         name, *rest = part.split(":")
+        if any(t.name == name for t in out):
+            raise ValueError(f"--fleet names {name!r} twice; give each GPU type once with its count")
         if name not in cat:
             raise ValueError(f"unknown GPU type {name!r} in --fleet; known: {', '.join(sorted(cat))}")
         if not rest or not rest[0].isdigit():
@@ -429,13 +435,16 @@ def solve_fleet_milp(p: FleetProblem, *, time_limit_s: float = 5.0, warm_start: 
 
 
 def plan_fleet(p: FleetProblem, *, time_limit_s: float = 5.0, solver: str = "CBC") -> FleetPlan:
-    """DP warm start, then the MILP; the DP plan if the solver does not finish. Raises only for
-    infeasibility."""
+    """DP warm start, then the MILP; the DP plan if the solver does not finish or stops at a
+    plan worse than the DP's. Raises only for infeasibility."""
     dp = solve_fleet_dp(p)
     try:
         out = solve_fleet_milp(p, time_limit_s=time_limit_s, warm_start=dp, solver=solver)
         out.dp_objective_g = dp.objective_g
         out.reason = "milp optimal" if out.optimal else f"milp feasible at time limit (gap {out.gap:.2%})"
+        if out.objective_g > dp.objective_g * (1 + 1e-9):
+            dp.method, dp.reason = "dp-fallback", f"solver stopped at a worse plan ({out.reason}); exact DP plan used"
+            out = dp
     except PlanInfeasible:
         raise
     except Exception as e:

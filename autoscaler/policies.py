@@ -18,8 +18,8 @@ Policies (names as in `greencache simulate --policies`):
 | `ecoserve` | per GPU type, rightsized hourly against carbon (EcoServe-style) | 0 (no cache sizing) |
 
 With a mixed GPU fleet (`greencache simulate --fleet h100:8,a100:8`), `joint-milp` and `ecoserve`
-choose a count per GPU type (`FleetPlannerPolicy`, autoscaler/fleet.py); the others run on the
-fleet's first type.
+choose a count per GPU type (`FleetPlannerPolicy`, autoscaler/fleet.py); the others are sized as
+without a fleet and run on the fleet's first type, at most as many replicas as it has.
 """
 
 from __future__ import annotations
@@ -306,7 +306,7 @@ class FleetPlannerPolicy(PlannerPolicy):
             caches=caches, slo=self.slo or SLO(),
             prompt_tokens=obs.effective_prompt_tokens or obs.mean_prompt_tokens or self.prompt_tokens,
             output_tokens=obs.mean_output_tokens or self.output_tokens, slot_hours=1.0,
-            alpha_g_per_replica=self.alpha, beta_g_per_gb=self.beta,
+            alpha_g_per_replica=self.alpha, beta_g_per_gb=self.beta, storage_carbon=self.carbon,
             initial_counts=[int(current.get(n, 0)) for n in names], initial_capacity_gb=float(obs.current_capacity_gb))
         reason = ""
         try:

@@ -79,7 +79,8 @@ class SimConfig(BaseModel):
     chunk_tokens: int = Field(2048, gt=0, description="Chunked-prefill token budget per step.")
     cold_start_s: Optional[float] = Field(None, description="Replica start-up time (s); default per model.")
     ssd_embodied_kg_per_gb: float = Field(SSD_EMBODIED_KG_PER_GB, ge=0, description="SSD embodied factor (kgCO2e/GB).")
-    gpu_idle_w: Optional[float] = Field(None, ge=0, description="GPU idle power override (W); default 75 (H100).")
+    gpu_idle_w: Optional[float] = Field(None, ge=0, description="GPU idle power override (W); default 75 (H100). "
+                                        "With a fleet it applies to the model's reference type (H100) only.")
     full_hit_fraction: float = Field(0.95, gt=0, le=1, description="'Full cache' reaches this share of the trace's best hit ratio.")
     max_replicas: Optional[int] = Field(None, description="Upper bound for adaptive policies; default 2 × the static count.")
     sample_rate: float = Field(0.02, gt=0, le=1, description="SHARDS rate of the access sample the planners see.")
@@ -550,7 +551,11 @@ class Simulation:
         obs = self.observe(t, policy.interval_s, fleet, cache, len(in_flight), isinstance(policy, PlannerPolicy),
                            latencies)
         dec = policy.decide(obs)
-        fleet.set_counts(dec.counts if dec.counts is not None else {self.primary: dec.replicas}, t, initial=initial)
+        if dec.counts is None:  # a single-type policy: the first type, at most as many as the fleet has
+            cap = self.types[0].count if self.cfg.fleet else dec.replicas
+            fleet.set_counts({self.primary: min(dec.replicas, cap)}, t, initial=initial)
+        else:
+            fleet.set_counts(dec.counts, t, initial=initial)
         cache.set_capacity(dec.capacity_gb)
 
     def run(self, policy, progress: Optional[Callable[[float], None]] = None) -> PolicyResult:

@@ -40,7 +40,7 @@ def test_fleet_spec_parses_counts_and_reuse_and_refuses_nonsense():
     assert a.embodied_scale() == 0.25 and h.embodied_scale() == 1.0
     assert parse_fleet("a100:2:reuse")[0].embodied_scale() == 0.0
     for bad, why in (("v100:2", "unknown GPU type"), ("h100", "needs a count"), ("h100:2:cheap", "unknown --fleet flag"),
-                     ("", "names no GPU type")):
+                     ("", "names no GPU type"), ("h100:4,h100:4", "twice")):
         with pytest.raises(ValueError, match=why):
             parse_fleet(bad)
 
