@@ -213,28 +213,31 @@ class FleetProblem:
     def grid_shape(self) -> tuple[int, ...]:
         return tuple(k.max_count + 1 for k in self.types) + (len(self.caches),)
 
-    def state_cost(self, t: int) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Slot t's cost for every state (n_1..n_K, c), inf where the SLO cannot be met, and the
-        greedy split z_k (requests/s per type) that attains it."""
+    def state_costs(self) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+        """Every slot's cost for every state (n_1..n_K, c), inf where the SLO cannot be met, and
+        the greedy split z_k (requests/s per type) that attains it: ([T] grids, [T][K] grids)."""
         K = len(self.types)
         shape = self.grid_shape()
         counts = np.meshgrid(*[np.arange(k.max_count + 1) for k in self.types], np.zeros(len(self.caches)),
                              indexing="ij")[:K]
-        lam = float(self.arrival_rps[t])
-        f, b, s = self.fixed_cost()[t], self.busy_cost()[t], self.storage_cost()[t]
-        cost = sum(f[i] * counts[i] for i in range(K)) + s[None] * np.ones(shape)
-        split = [np.zeros(shape) for _ in range(K)]
-        remaining = np.full(shape, lam)
-        for c in range(len(self.caches)):
-            for i in sorted(range(K), key=lambda i: b[i, c]):
-                cap = self.types[i].rate_rps[c] * counts[i][..., c]
-                take = np.minimum(remaining[..., c], cap)
-                split[i][..., c] = take
-                cost[..., c] += b[i, c] * take
-                remaining[..., c] -= take
-        total = sum(counts)
-        ok = (remaining <= 1e-9 * max(lam, 1.0)) & (total >= self.min_total_replicas)
-        return np.where(ok, cost, np.inf), split
+        enough = sum(counts) >= self.min_total_replicas
+        fixed, busy, storage = self.fixed_cost(), self.busy_cost(), self.storage_cost()
+        costs, splits = [], []
+        for t in range(self.T):
+            lam = float(self.arrival_rps[t])
+            f, b = fixed[t], busy[t]
+            cost = sum(f[i] * counts[i] for i in range(K)) + storage[t][None] * np.ones(shape)
+            split = [np.zeros(shape) for _ in range(K)]
+            remaining = np.full(shape, lam)
+            for c in range(len(self.caches)):
+                for i in sorted(range(K), key=lambda i: b[i, c]):
+                    take = np.minimum(remaining[..., c], self.types[i].rate_rps[c] * counts[i][..., c])
+                    split[i][..., c] = take
+                    cost[..., c] += b[i, c] * take
+                    remaining[..., c] -= take
+            costs.append(np.where((remaining <= 1e-9 * max(lam, 1.0)) & enough, cost, np.inf))
+            splits.append(split)
+        return costs, splits
 
 
 @dataclass
@@ -251,38 +254,47 @@ class FleetPlan:
     reason: str = ""
 
 
-def solve_fleet_dp(p: FleetProblem) -> FleetPlan:
-    """Exact optimum by dynamic programming over (n_1..n_K, c) (module docstring)."""
-    t0 = time.perf_counter()
-    K = len(p.types)
+def _axes(p: FleetProblem) -> tuple[np.ndarray, list[tuple[np.ndarray, float, float]]]:
+    """The DP's state axes: the cache options' order by capacity (the distance transform needs
+    sorted positions), and per axis (positions, cost per unit up, cost per unit down)."""
     caps = np.array([c.capacity_gb for c in p.caches])
     order = np.argsort(caps, kind="stable")
-    caps_s = caps[order]
-    shape = p.grid_shape()
-    axes = [np.arange(k.max_count + 1, dtype=float) for k in p.types]
+    return order, [(np.arange(k.max_count + 1, dtype=float), k.alpha_g_per_replica, 0.0) for k in p.types] + \
+        [(caps[order], p.beta_g_per_gb, p.beta_g_per_gb)]
+
+
+def _entry_cost(p: FleetProblem, axes) -> np.ndarray:
+    """Switching from the current state into every state of slot 0."""
+    K = len(p.types)
+    grids = np.meshgrid(*[a for a, _, _ in axes], indexing="ij")
     init = p.initial()
+    return sum(p.types[i].alpha_g_per_replica * np.maximum(0, grids[i] - init[i]) for i in range(K)) \
+        + p.beta_g_per_gb * np.abs(grids[K] - p.initial_capacity_gb)
 
-    def switch_from(counts0: np.ndarray, cap0: float) -> np.ndarray:
-        grids = np.meshgrid(*axes, caps_s, indexing="ij")
-        return sum(p.types[i].alpha_g_per_replica * np.maximum(0, grids[i] - counts0[i]) for i in range(K)) \
-            + p.beta_g_per_gb * np.abs(grids[K] - cap0)
 
-    costs, splits = [], []
-    for t in range(p.T):
-        c, s = p.state_cost(t)
-        costs.append(c[..., order])
-        splits.append([x[..., order] for x in s])
-    V = costs[0] + switch_from(init, p.initial_capacity_gb)
-    size = int(np.prod(shape))
-    back = np.zeros((p.T, size), dtype=np.int64)
+def _spread(f: np.ndarray, axes, forward: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """min over s' of f(s') + switching(s' → s) (forward) or switching(s → s') (backward), one
+    distance transform per axis, and the flat index of the s' that attains it."""
+    src = np.arange(f.size).reshape(f.shape)
+    for ax, (pos, up, down) in enumerate(axes):
+        f, arg = l1_transform(f, pos, up if forward else down, axis=ax, w_down=down if forward else up)
+        src = np.take_along_axis(src, arg, axis=ax)
+    return f, src
+
+
+def solve_fleet_dp(p: FleetProblem, costs=None) -> FleetPlan:
+    """Exact optimum by dynamic programming over (n_1..n_K, c) (module docstring). `costs`:
+    `p.state_costs()` if the caller has it already."""
+    t0 = time.perf_counter()
+    K = len(p.types)
+    order, axes = _axes(p)
+    shape = p.grid_shape()
+    grids, splits = costs or p.state_costs()
+    costs = [g[..., order] for g in grids]
+    V = costs[0] + _entry_cost(p, axes)
+    back = np.zeros((p.T, V.size), dtype=np.int64)
     for t in range(1, p.T):
-        src = np.arange(size).reshape(shape)
-        g = V
-        for ax in range(K + 1):
-            pos, w, w_down = (caps_s, p.beta_g_per_gb, p.beta_g_per_gb) if ax == K \
-                else (axes[ax], p.types[ax].alpha_g_per_replica, 0.0)
-            g, arg = l1_transform(g, pos, w, axis=ax, w_down=w_down)
-            src = np.take_along_axis(src, arg, axis=ax)
+        g, src = _spread(V, axes)
         back[t] = src.ravel()
         V = costs[t] + g
     if not np.isfinite(V).any():
@@ -296,9 +308,10 @@ def solve_fleet_dp(p: FleetProblem) -> FleetPlan:
     counts, cache, split = [], [], []
     for t, st in enumerate(states):
         u = np.unravel_index(st, shape)
+        c = int(order[u[K]])
         counts.append([int(x) for x in u[:K]])
-        cache.append(int(order[u[K]]))
-        split.append([float(splits[t][i][u]) for i in range(K)])
+        cache.append(c)
+        split.append([float(splits[t][i][u[:K] + (c,)]) for i in range(K)])
     return FleetPlan(counts=counts, cache=cache, split_rps=split, objective_g=obj, method="dp",
                      solve_s=time.perf_counter() - t0, optimal=True, dp_objective_g=obj)
 
@@ -314,10 +327,8 @@ def _explain(p: FleetProblem) -> str:
 
 def fleet_plan_cost(p: FleetProblem, counts: Sequence[Sequence[int]], cache: Sequence[int]) -> dict:
     """Grams of a plan by component (slots at their greedy split, and switching)."""
-    slot = 0.0
-    for t in range(p.T):
-        c, _ = p.state_cost(t)
-        slot += float(c[tuple(counts[t]) + (cache[t],)])
+    grids = p.state_costs()[0]
+    slot = sum(float(grids[t][tuple(counts[t]) + (cache[t],)]) for t in range(p.T))
     prev, prev_cap, switch = p.initial(), p.initial_capacity_gb, 0.0
     for t in range(p.T):
         cap = p.caches[cache[t]].capacity_gb
@@ -327,50 +338,36 @@ def fleet_plan_cost(p: FleetProblem, counts: Sequence[Sequence[int]], cache: Seq
     return {"slots_g": slot, "switching_g": switch, "total_g": slot + switch}
 
 
-def _through_cost(p: FleetProblem) -> list[np.ndarray]:
+def _through_cost(p: FleetProblem, costs=None) -> list[np.ndarray]:
     """For every slot t and state s: the cost of the best whole plan that is in s at slot t
-    (forward DP cost to reach s, plus backward DP cost from s to the end), in cache order."""
-    K = len(p.types)
-    caps = np.array([c.capacity_gb for c in p.caches])
-    order = np.argsort(caps, kind="stable")
-    axes = [(np.arange(k.max_count + 1, dtype=float), k.alpha_g_per_replica, 0.0) for k in p.types] + \
-        [(caps[order], p.beta_g_per_gb, p.beta_g_per_gb)]
-
-    def spread(f: np.ndarray, forward: bool) -> np.ndarray:
-        """min over s' of f(s') + switching(s' → s) (forward) or switching(s → s') (backward)."""
-        for ax, (pos, up, down) in enumerate(axes):
-            f, _ = l1_transform(f, pos, up if forward else down, axis=ax, w_down=down if forward else up)
-        return f
-
-    costs = [p.state_cost(t)[0][..., order] for t in range(p.T)]
-    grids = np.meshgrid(*[a for a, _, _ in axes], indexing="ij")
-    init = p.initial()
-    fwd = [costs[0] + sum(p.types[i].alpha_g_per_replica * np.maximum(0, grids[i] - init[i]) for i in range(K))
-           + p.beta_g_per_gb * np.abs(grids[K] - p.initial_capacity_gb)]
+    (forward DP cost to reach s, plus backward DP cost from s to the end)."""
+    order, axes = _axes(p)
+    slot = [g[..., order] for g in (costs or p.state_costs())[0]]
+    fwd = [slot[0] + _entry_cost(p, axes)]
     for t in range(1, p.T):
-        fwd.append(costs[t] + spread(fwd[-1], True))
-    bwd = [np.zeros_like(costs[0])]
+        fwd.append(slot[t] + _spread(fwd[-1], axes)[0])
+    bwd = [np.zeros_like(slot[0])]
     for t in range(p.T - 2, -1, -1):
-        bwd.insert(0, spread(costs[t + 1] + bwd[0], False))
+        bwd.insert(0, _spread(slot[t + 1] + bwd[0], axes, forward=False)[0])
     inv = np.argsort(order)
     return [(f + b)[..., inv] for f, b in zip(fwd, bwd)]
 
 
-def _surviving(p: FleetProblem, incumbent_g: float) -> list[tuple[np.ndarray, np.ndarray, set]]:
+def _surviving(p: FleetProblem, incumbent_g: float, costs=None) -> list[tuple[np.ndarray, np.ndarray, set]]:
     """Bounds every plan at least as good as one costing `incumbent_g` obeys (reduced-cost
     fixing with the DP's exact bounds): a state whose best whole plan through it costs more
     is in no such plan. Per slot: the least and most replicas of each type, and the cache
     options, among the states that survive."""
     tol = 1e-7 * max(1.0, abs(incumbent_g))
     out = []
-    for g in _through_cost(p):
+    for g in _through_cost(p, costs):
         idx = np.argwhere(g <= incumbent_g + tol)  # rows: (n_1..n_K, c)
         out.append((idx[:, :-1].min(axis=0), idx[:, :-1].max(axis=0), set(int(c) for c in idx[:, -1])))
     return out
 
 
 def solve_fleet_milp(p: FleetProblem, *, time_limit_s: float = 5.0, warm_start: Optional[FleetPlan] = None,
-                     solver: str = "CBC", threads: int = 1) -> FleetPlan:
+                     solver: str = "CBC", threads: int = 1, costs=None) -> FleetPlan:
     """The MILP of the module docstring with python-mip. With a warm start, the variables'
     bounds are first tightened to what any plan at least as good must satisfy (`_surviving`):
     the model and its optimum are the same, the search is smaller. Without one (`cold`), CBC
@@ -411,7 +408,7 @@ def solve_fleet_milp(p: FleetProblem, *, time_limit_s: float = 5.0, warm_start: 
         m += v[t] >= capt - prev_cap, f"c6_v_up_{t}"
         m += v[t] >= prev_cap - capt, f"c6_v_down_{t}"
     if warm_start is not None:
-        for t, (lo, hi, caches) in enumerate(_surviving(p, warm_start.objective_g)):
+        for t, (lo, hi, caches) in enumerate(_surviving(p, warm_start.objective_g, costs)):
             for k in K:
                 n[t][k].lb, n[t][k].ub = float(lo[k]), float(hi[k])
             for c in C:
@@ -437,9 +434,10 @@ def solve_fleet_milp(p: FleetProblem, *, time_limit_s: float = 5.0, warm_start: 
 def plan_fleet(p: FleetProblem, *, time_limit_s: float = 5.0, solver: str = "CBC") -> FleetPlan:
     """DP warm start, then the MILP; the DP plan if the solver does not finish or stops at a
     plan worse than the DP's. Raises only for infeasibility."""
-    dp = solve_fleet_dp(p)
+    costs = p.state_costs()  # shared by the DP and the MILP's bound tightening
+    dp = solve_fleet_dp(p, costs)
     try:
-        out = solve_fleet_milp(p, time_limit_s=time_limit_s, warm_start=dp, solver=solver)
+        out = solve_fleet_milp(p, time_limit_s=time_limit_s, warm_start=dp, solver=solver, costs=costs)
         out.dp_objective_g = dp.objective_g
         out.reason = "milp optimal" if out.optimal else f"milp feasible at time limit (gap {out.gap:.2%})"
         if out.objective_g > dp.objective_g * (1 + 1e-9):

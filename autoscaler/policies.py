@@ -98,14 +98,17 @@ class Policy(Protocol):
 
 # ---- fixed policies -------------------------------------------------------------------------
 class StaticPolicy:
-    """Non-adaptive: the same replicas and cache capacity all the time."""
+    """Non-adaptive: the same replicas and cache capacity all the time (with `counts`, the same
+    replicas of each GPU type of a mixed fleet)."""
 
-    def __init__(self, name: str, replicas: int, capacity_gb: float) -> None:
-        self.name, self.replicas, self.capacity_gb = name, int(replicas), float(capacity_gb)
+    def __init__(self, name: str, replicas: int, capacity_gb: float, counts: Optional[dict] = None) -> None:
+        self.name, self.capacity_gb, self.counts = name, float(capacity_gb), counts
+        self.replicas = int(sum(counts.values())) if counts else int(replicas)
         self.interval_s = 3600.0
 
     def decide(self, obs: Observation) -> Decision:
-        return Decision(self.replicas, self.capacity_gb, f"static: {self.replicas} replicas, {self.capacity_gb:g} GB")
+        return Decision(self.replicas, self.capacity_gb, f"static: {self.replicas} replicas, {self.capacity_gb:g} GB",
+                        counts=self.counts)
 
 
 # ---- Ray Serve's default queue-length autoscaling --------------------------------------------

@@ -200,12 +200,17 @@ class SimReplicas:
                 best_start, best = s0, r
         return best, best_start
 
-    def serve(self, t: float, prompt: int, output: int, cached: int) -> Served:
-        """Serve one request arriving at `t` with `cached` of its `prompt` tokens in the cache."""
+    def prefill_s(self, prompt: int, cached: int) -> float:
+        """Prefill service time on an idle replica: the uncached part, plus loading the rest."""
+        return self.perf.prefill_s(prompt - cached) + self.perf.load_s_per_token.get("disk", 0.0) * cached
+
+    def serve(self, t: float, prompt: int, output: int, cached: int,
+              routed: Optional[tuple[_Replica, float]] = None) -> Served:
+        """Serve one request arriving at `t` with `cached` of its `prompt` tokens in the cache
+        (`routed`: the replica and start time `_route(t)` gave, if the caller asked already)."""
         perf = self.perf
-        unc = prompt - cached
-        service = perf.prefill_s(unc) + perf.load_s_per_token.get("disk", 0.0) * cached
-        r, start = self._route(t)
+        service = self.prefill_s(prompt, cached)
+        r, start = routed or self._route(t)
         dq = r.decodes
         while dq and dq[0] <= start:
             heapq.heappop(dq)
@@ -261,16 +266,15 @@ class SimFleet:
         """On the pool whose best replica would finish this request's prefill first."""
         if len(self.order) == 1:
             return self.order[0], self.pools[self.order[0]].serve(t, prompt, output, cached)
-        best, best_first = self.order[0], math.inf
+        best, best_first, routed = self.order[0], math.inf, None
         for name in self.order:
             pool = self.pools[name]
             if pool.active:
-                _, start = pool._route(t)
-                first = start + pool.perf.prefill_s(prompt - cached) \
-                    + pool.perf.load_s_per_token.get("disk", 0.0) * cached
+                r, start = pool._route(t)
+                first = start + pool.prefill_s(prompt, cached)
                 if first < best_first:
-                    best, best_first = name, first
-        return best, self.pools[best].serve(t, prompt, output, cached)
+                    best, best_first, routed = name, first, (r, start)
+        return best, self.pools[best].serve(t, prompt, output, cached, routed)
 
 
 class HourlyLedger:
@@ -283,8 +287,7 @@ class HourlyLedger:
         self.rep_s_by = {k: np.zeros(hours) for k in self.types}  # replica-seconds powered, per GPU type
         self.busy_j_by = {k: np.zeros(hours) for k in self.types}
         self.gb_s = np.zeros(hours)
-        self.replicas = np.zeros(hours)
-        self.replicas_by = {k: np.zeros(hours) for k in self.types}
+        self.replicas_by = {k: np.zeros(hours) for k in self.types}  # active replicas at each hour's last update
         self.capacity_gb = np.zeros(hours)
         self.last_t = 0.0
 
@@ -295,6 +298,10 @@ class HourlyLedger:
     @property
     def busy_j(self) -> np.ndarray:
         return sum(self.busy_j_by.values())
+
+    @property
+    def replicas(self) -> np.ndarray:
+        return sum(self.replicas_by.values())
 
     def _hour(self, t: float) -> int:
         return min(int(t // 3600), self.H - 1)
@@ -309,7 +316,6 @@ class HourlyLedger:
             self.rep_s_by[k][h] += pool.powered(self.last_t) * dt
             self.replicas_by[k][h] = len(pool.active)
         self.gb_s[h] += cache.capacity_gb * dt
-        self.replicas[h] = len(fleet.active)
         self.capacity_gb[h] = cache.capacity_gb
         self.last_t = t_now
 

@@ -31,19 +31,12 @@ LOADS = {"flat": 0.0, "diurnal": 0.5}
 POLICIES = ("joint-milp", "ecoserve")
 
 
-class StaticFleet:
-    """A fixed fleet and cache size (the candidates for the best static configuration)."""
+def static_fleet(counts: dict, capacity_gb: float):
+    """A fixed fleet and cache size (a candidate for the best static configuration)."""
+    from autoscaler.policies import StaticPolicy
 
-    interval_s = 3600.0
-
-    def __init__(self, counts: dict, capacity_gb: float) -> None:
-        self.counts, self.capacity_gb = dict(counts), float(capacity_gb)
-        self.name = "static:" + ",".join(f"{k}{v}" for k, v in counts.items()) + f":{capacity_gb:g}GB"
-
-    def decide(self, obs):
-        from autoscaler.policies import Decision
-
-        return Decision(sum(self.counts.values()), self.capacity_gb, counts=self.counts)
+    name = "static:" + ",".join(f"{k}{v}" for k, v in counts.items()) + f":{capacity_gb:g}GB"
+    return StaticPolicy(name, 0, capacity_gb, counts=dict(counts))
 
 
 def _fleets(model: str) -> dict[str, str]:
@@ -51,7 +44,7 @@ def _fleets(model: str) -> dict[str, str]:
     return {"h100": f"h100:{n}", "h100+a100": f"h100:{n},a100:{n}", "h100+a100 reuse": f"h100:{n},a100:{n}:reuse"}
 
 
-def _candidates(sim) -> list[StaticFleet]:
+def _candidates(sim) -> list:
     """Fleets whose SLO capacity at the trace's peak lies between 0.6× and 2.5× the peak load
     (planner's per-type rate at each cache's provisioning hit ratio), on four cache sizes."""
     from autoscaler.fleet import slo_rate
@@ -69,14 +62,14 @@ def _candidates(sim) -> list[StaticFleet]:
                     continue  # A100s that cannot meet the SLO at this cache only add carbon
                 capacity = mu["h100"] * nh + mu.get("a100", 0.0) * na
                 if nh + na >= 1 and 0.6 * sim.peak_rps <= capacity <= 2.5 * sim.peak_rps:
-                    out.append(StaticFleet({"h100": nh, "a100": na}, cap))
+                    out.append(static_fleet({"h100": nh, "a100": na}, cap))
     return out
 
 
 _SIM = None
 
 
-def _run_static(pol: StaticFleet) -> tuple[str, dict, float, dict]:
+def _run_static(pol) -> tuple[str, dict, float, dict]:
     res = _SIM.run(pol)
     led = _SIM.last_ledger
     return pol.name, pol.counts, res.slo_attainment, {"rep_s_by": {k: v.copy() for k, v in led.rep_s_by.items()},

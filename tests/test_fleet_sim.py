@@ -7,21 +7,14 @@ import json
 
 import pytest
 
-from autoscaler.policies import Decision
+from autoscaler.policies import StaticPolicy
 from autoscaler.simulator import SimConfig, Simulation, simulate
 from autoscaler.workloads import load_trace
 
 
-class Fixed:
+def Fixed(counts: dict, capacity_gb: float) -> StaticPolicy:
     """A fixed fleet and cache size."""
-
-    interval_s = 3600.0
-
-    def __init__(self, counts: dict, capacity_gb: float, name: str = "fixed") -> None:
-        self.counts, self.capacity_gb, self.name = counts, capacity_gb, name
-
-    def decide(self, obs) -> Decision:
-        return Decision(sum(self.counts.values()), self.capacity_gb, counts=self.counts)
+    return StaticPolicy("fixed", 0, capacity_gb, counts=counts)
 
 
 @pytest.fixture(scope="module")
