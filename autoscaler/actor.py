@@ -19,6 +19,12 @@ Loop (every `interval_s`): observe → forecast → plan → actuate → record.
   restarted autoscaler of the same deployment resumes from it; a new deployment starts fresh),
   and a summary to the telemetry hub for `/metrics`.
 
+Mixed GPU fleet (`cfg.fleet`): the policy is `FleetPlannerPolicy` (autoscaler/fleet.py), which
+chooses a count per GPU type; each type's Serve deployment follows its own count. Moving replicas
+from one type to another is make-before-break (`transition_targets`): while a type the plan
+grows has fewer replicas running than planned, no type is shrunk below what it runs, so requests
+always have somewhere to go; the old type goes once the new one is up (the cycle after).
+
 Fail-safe: any error in a cycle is logged and recorded; the last actuated plan stays in force.
 Demo speed-up: each interval advances the trace clock by `trace_hours_per_interval` hours.
 """
@@ -102,13 +108,30 @@ def observe_telemetry(snapshot: dict, last_reading: Optional[dict], perf=None) -
     return obs, last_reading
 
 
+def transition_targets(planned: dict[str, int], running: Optional[dict[str, int]],
+                       previous: Optional[dict[str, int]] = None) -> dict[str, int]:
+    """Per-type replica targets to publish on the way to the `planned` counts, given the replicas
+    each type runs now. Make-before-break: while any type runs fewer replicas than planned, every
+    type keeps at least what it runs; once every type runs its planned count (or more), the plan
+    itself. With the running counts unknown (`running` None: Serve did not answer), nothing is
+    shrunk below the targets published before (`previous`)."""
+    if running is None:
+        return {t: max(n, int((previous or {}).get(t, 0))) for t, n in planned.items()}
+    if all(int(running.get(t, 0)) >= n for t, n in planned.items()):
+        return dict(planned)
+    return {t: max(n, int(running.get(t, 0))) for t, n in planned.items()}
+
+
 class CarbonAutoscaler:
     """The loop and its state. `deployment_id` identifies one deployment of `app`: state in the
     home directory is resumed only by the same deployment (a replacement after a crash)."""
 
-    def __init__(self, config: dict, home: str | Path, app: str = "greencache", deployment_id: str = "") -> None:
+    def __init__(self, config: dict, home: str | Path, app: str = "greencache", deployment_id: str = "",
+                 running_counts=None) -> None:
+        """`running_counts()`: with a mixed fleet, the replicas each GPU type's deployment runs
+        now (raises or returns None if Serve cannot say); the Serve app passes it."""
         from autoscaler.carbon_sources import source_for
-        from autoscaler.policies import PlannerPolicy
+        from autoscaler.policies import FleetPlannerPolicy, PlannerPolicy
 
         self.cfg = AutoscalerConfig.model_validate(config)
         self.app, self.deployment_id = app, deployment_id
@@ -119,7 +142,12 @@ class CarbonAutoscaler:
             from autoscaler.perf_model import PerfModel
 
             self.perf = PerfModel.load(self.cfg.profile_path)  # bad profile: refuse to start
-        self.policy = PlannerPolicy.from_autoscaler_config(self.cfg, self.perf)
+        self.fleet = self.cfg.fleet_types()
+        self.running_counts = running_counts
+        if self.fleet:
+            self.policy = FleetPlannerPolicy.from_autoscaler_config(self.cfg)
+        else:
+            self.policy = PlannerPolicy.from_autoscaler_config(self.cfg, self.perf)
         self.trace_time = datetime.fromisoformat(self.cfg.trace_start).replace(tzinfo=timezone.utc)
         self.overrides: dict[str, Any] = {}
         self.ledger = CarbonLedger()
@@ -145,7 +173,12 @@ class CarbonAutoscaler:
 
     # ---- control ------------------------------------------------------------------------
     async def set_overrides(self, **kw: Any) -> dict:
-        """Pin inputs for demos and tests: `intensity_g_per_kwh`, `load_rps` (None clears)."""
+        """Pin inputs for demos and tests: `intensity_g_per_kwh`, `load_rps`, and the token mix
+        `prompt_tokens` / `output_tokens` (mean per request) in place of the observed one (None
+        clears)."""
+        unknown = set(kw) - {"intensity_g_per_kwh", "load_rps", "prompt_tokens", "output_tokens"}
+        if unknown:
+            raise ValueError(f"unknown override(s) {sorted(unknown)}")
         for k, v in kw.items():
             if v is None:
                 self.overrides.pop(k, None)
@@ -167,7 +200,7 @@ class CarbonAutoscaler:
         """The decision this actor's policy makes for an observation (no actuation, no record):
         lets tests and the simulator check that both take the same decision."""
         d = self.policy.decide(Observation.from_json(observation))
-        return {"replicas": d.replicas, "capacity_gb": d.capacity_gb, "reason": d.reason}
+        return {"replicas": d.replicas, "capacity_gb": d.capacity_gb, "counts": d.counts, "reason": d.reason}
 
     def _locked_cycle(self) -> dict:
         with self._lock:
@@ -203,21 +236,49 @@ class CarbonAutoscaler:
         if "intensity_g_per_kwh" in self.overrides:
             source = ConstantSource(float(self.overrides["intensity_g_per_kwh"]))
         load = self.overrides.get("load_rps", obs["request_rate_rps"])
+        if "prompt_tokens" in self.overrides:
+            obs = {**obs, "mean_prompt_tokens": float(self.overrides["prompt_tokens"]), "effective_prompt_tokens": None}
+        if "output_tokens" in self.overrides:
+            obs = {**obs, "mean_output_tokens": float(self.overrides["output_tokens"])}
         current = self.last["decision"] if self.last else {"replicas": cfg.min_replicas, "capacity_gb": 0.0}
+        counts = current.get("counts")
+        if self.fleet and counts is None:  # before the first decision: what runs (else the first type's floor)
+            counts = self._running() or {self.fleet[0].name: cfg.min_replicas}
         return Observation(
             trace_time=self.trace_time, intensity_forecast=source.forecast(self.trace_time, cfg.horizon_slots),
             arrival_rps=float(load) if load is not None else 0.0, current_replicas=int(current["replicas"]),
-            current_capacity_gb=float(current["capacity_gb"]), access_sample=list(obs["access_sample"]),
+            current_capacity_gb=float(current["capacity_gb"]), current_counts=counts,
+            access_sample=list(obs["access_sample"]),
             sample_rate=float(obs["sample_rate"] or 1.0), chunk_bytes=int(obs["chunk_bytes"] or 0),
             mean_prompt_tokens=obs.get("mean_prompt_tokens"), mean_output_tokens=obs.get("mean_output_tokens"),
             effective_prompt_tokens=obs.get("effective_prompt_tokens"), mean_ttft_s=obs.get("mean_ttft_s"),
             mean_tpot_s=obs.get("mean_tpot_s"), now_s=time.monotonic())
 
+    def _running(self) -> Optional[dict[str, int]]:
+        """Replicas each fleet type runs now; None if unknown."""
+        if self.running_counts is None:
+            return None
+        try:
+            return self.running_counts()
+        except Exception as e:
+            logger.warning("could not read the fleet's running replicas (%s: %s)", type(e).__name__, e)
+            return None
+
     def _slot_footprint(self, d: Decision, observation: Observation) -> Footprint:
         """Carbon of the slot about to run, as the model predicts it, over the trace time one
-        interval covers."""
+        interval covers (with a fleet: each type's replicas, the load the plan gives it, its
+        power and embodied carbon, scaled for reuse; the cache once)."""
         carbon = self.cfg.carbon
         hours = self.cfg.trace_hours_per_interval or self.cfg.interval_s / 3600.0
+        if d.counts is not None:
+            ci = observation.intensity_forecast[0]
+            parts = [carbon.footprint(intensity_g_per_kwh=ci, ssd_gb_hours=d.capacity_gb * hours)]
+            for t in self.fleet:
+                pt = d.details["per_type"][t.name]
+                fp = t.carbon.footprint(intensity_g_per_kwh=ci, replica_hours=pt["replicas"] * hours,
+                                        busy_wh=t.carbon.busy_extra_w() * pt["load_rps"] * pt["work_s"] * hours)
+                parts.append(Footprint(fp.operational_g, pt["embodied_scale"] * fp.embodied_g, fp.energy_kwh))
+            return Footprint(*(sum(getattr(p, f) for p in parts) for f in ("operational_g", "embodied_g", "energy_kwh")))
         busy_replica_h = observation.arrival_rps * d.details["work_s"] * hours
         return carbon.footprint(intensity_g_per_kwh=observation.intensity_forecast[0],
                                 replica_hours=d.replicas * hours, busy_wh=carbon.busy_extra_w() * busy_replica_h,
@@ -229,11 +290,17 @@ class CarbonAutoscaler:
         prompt = obs.get("mean_prompt_tokens") or self.cfg.prompt_tokens
         cached = obs.get("mean_cached_tokens")
         uncached = prompt - cached if cached is not None else prompt * (1 - d.details["hit_ratio"])
+        if d.counts is not None:  # a fleet: times weighted by where the plan sends the load
+            prefill_s, decode_s = d.details["prefill_s"], d.details["decode_s"]
+            basis = (f"estimate for the fleet {self.cfg.fleet} ({self.cfg.fleet_model} profiles, Splitwise power "
+                     f"model), PUE {self.cfg.carbon.pue:g}, embodied amortised over each type's lifetime (EcoServe)")
+        else:
+            prefill_s, decode_s, basis = problem.prefill_s, problem.decode_s, self.cfg.carbon.basis()
         return RequestCarbonRate.for_slot(
             fp, expected_requests=observation.arrival_rps * self.cfg.interval_s,
-            prefill_s=problem.prefill_s, decode_s=problem.decode_s, hit_ratio=d.details["hit_ratio"],
+            prefill_s=prefill_s, decode_s=decode_s, hit_ratio=d.details["hit_ratio"],
             mean_uncached_tokens=uncached, mean_output_tokens=obs.get("mean_output_tokens") or self.cfg.output_tokens,
-            intensity_g_per_kwh=observation.intensity_forecast[0], basis=self.cfg.carbon.basis())
+            intensity_g_per_kwh=observation.intensity_forecast[0], basis=basis)
 
     def _cycle(self) -> dict:
         t_start = time.time()
@@ -250,7 +317,7 @@ class CarbonAutoscaler:
         self.cycles += 1
         record = self._record(t_start, obs, observation, d, fp)
         record["predicted"]["request_carbon"] = self._request_rate(fp, d, observation, obs).to_json()
-        self._actuate(d)
+        record["published"] = self._actuate(d)
         self.state.append_decision(record)
         self.state.save_last(record)
         self.last = record
@@ -258,14 +325,22 @@ class CarbonAutoscaler:
         self._advance_clock()
         return record
 
-    def _actuate(self, d: Decision) -> None:
-        """Publish the decision; if Ray's KV cannot take it now, the previous one stays in force
-        and the next cycle publishes again."""
+    def _actuate(self, d: Decision) -> dict:
+        """Publish the decision (with a fleet, the make-before-break step towards it); if Ray's KV
+        cannot take it now, the previous one stays in force and the next cycle publishes again.
+        Returns what was published."""
+        published: dict[str, Any] = {"replicas": d.replicas, "capacity_gb": d.capacity_gb}
+        if d.counts is not None:
+            running = self._running()
+            previous = ((self.last or {}).get("published") or {}).get("counts")
+            targets = transition_targets(d.counts, running, previous)
+            published.update(replicas=sum(targets.values()), counts=targets, running=running)
         try:
-            control_plane.publish_plan(self.app, d.replicas)
+            control_plane.publish_plan(self.app, published["replicas"], published.get("counts"))
             control_plane.publish_capacities(self.app, {"disk": int(d.capacity_gb * 1e9)})
         except Exception as e:
             logger.warning("could not publish the decision (%s: %s); the previous one stays", type(e).__name__, e)
+        return published
 
     def _record(self, t_start: float, obs: dict, observation: Observation, d: Decision, fp: Footprint) -> dict:
         problem = self.policy.last_problem
@@ -281,8 +356,10 @@ class CarbonAutoscaler:
             "observation": observation.summary(),
             "plan": d.details["plan"],
             "predicted": {"slot_operational_g": float(fp.operational_g), "slot_embodied_g": float(fp.embodied_g),
-                          "rmin_for_choice": d.details["rmin_for_choice"], "slo_met": d.details["slo_met"]},
-            "decision": {"replicas": d.replicas, "capacity_gb": d.capacity_gb, "cache": d.details["cache_name"]},
+                          "rmin_for_choice": d.details.get("rmin_for_choice"), "slo_met": d.details["slo_met"],
+                          **({"per_type": d.details["per_type"]} if d.counts is not None else {})},
+            "decision": {"replicas": d.replicas, "capacity_gb": d.capacity_gb, "cache": d.details["cache_name"],
+                         **({"counts": d.counts} if d.counts is not None else {})},
             "carbon_so_far_g": self.ledger.totals(),
             "reason": d.reason,
         }

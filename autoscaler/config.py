@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from autoscaler.carbon import CarbonConfig
 from autoscaler.perf_model import SLO
@@ -50,3 +50,25 @@ class AutoscalerConfig(BaseModel):
     carbon: CarbonConfig = Field(default_factory=CarbonConfig, description="Power and embodied-carbon factors.")
     carbon_api: Optional[CarbonAPIConfig] = Field(None, description="Live carbon-intensity service (else the "
                                                   "bundled trace); on failure the last value, then the trace.")
+    fleet: str = Field("", description="Mixed GPU fleet, e.g. 'h100:2,a100:4:reuse' (types from "
+                       "autoscaler/data/profiles/gpu_types.json, count of replicas each, ':reuse[=f]' past lifetime): "
+                       "one LLM deployment per type, sized by the plan; empty = one type, min/max_replicas.")
+    fleet_model: Literal["llama3-8b", "llama3-70b"] = Field(
+        "llama3-8b", description="Which model's GPU profiles price the fleet (the catalogue has these two).")
+
+    @model_validator(mode="after")
+    def _fleet_parses(self) -> "AutoscalerConfig":
+        if self.fleet.strip():
+            types = self.fleet_types()  # a misspelt type or count is an error at startup, with the fix
+            if sum(t.count for t in types) < self.min_replicas:
+                raise ValueError(f"fleet {self.fleet!r} has fewer replicas in all than min_replicas "
+                                 f"({self.min_replicas}); add replicas to the fleet or lower min_replicas")
+        return self
+
+    def fleet_types(self) -> list:
+        """The fleet's `GPUType`s (autoscaler/gpu_types.py), in the order given; [] without a fleet."""
+        if not self.fleet.strip():
+            return []
+        from autoscaler.gpu_types import parse_fleet
+
+        return parse_fleet(self.fleet, self.fleet_model)

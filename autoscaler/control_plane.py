@@ -4,7 +4,9 @@ The autoscaler publishes two small JSON values per Serve application, in the GCS
 node's processes reach, and which lives as long as the cluster):
 
 - `<app>/plan`: `{"target_replicas": N, "updated": t}`, read by the Serve autoscaling policy
-  (`deployments/autoscaling_policy.py`) in the Serve controller;
+  (`deployments/autoscaling_policy.py`) in the Serve controller; with a mixed GPU fleet also
+  `"counts": {gpu_type: n}`, each type's LLM deployment following its own count, and the ingress
+  sending requests only to types whose count is above zero;
 - `<app>/store_capacity`: `{"capacity_bytes": {"disk": N}, "updated": t}`, read by every LLM
   replica, which applies it to its node's shared disk tier (`deployments/replica.py`).
 
@@ -54,8 +56,11 @@ def _get(app: str, what: str) -> Optional[bytes]:
     return _gcs().internal_kv_get(_key(app, what), KV_NAMESPACE.encode(), timeout=GCS_TIMEOUT_S)
 
 
-def publish_plan(app: str, target_replicas: int) -> None:
-    _put(app, "plan", {"target_replicas": int(target_replicas), "updated": time.time()})
+def publish_plan(app: str, target_replicas: int, counts: Optional[dict[str, int]] = None) -> None:
+    value: dict = {"target_replicas": int(target_replicas), "updated": time.time()}
+    if counts is not None:
+        value["counts"] = {str(k): int(v) for k, v in counts.items()}
+    _put(app, "plan", value)
 
 
 def publish_capacities(app: str, capacity_bytes: dict[str, int]) -> None:
@@ -63,17 +68,39 @@ def publish_capacities(app: str, capacity_bytes: dict[str, int]) -> None:
                                  "updated": time.time()})
 
 
-def read_plan(app: str) -> Optional[int]:
-    """The published replica target; None if there is none. Raises on a malformed value or a
-    failed call (callers keep their last good value)."""
+def _count(v, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"plan {what} must be a non-negative integer, got {v!r}")
+    return v
+
+
+def read_plan(app: str, gpu_type: Optional[str] = None) -> Optional[int]:
+    """The published replica target (of `gpu_type`'s deployment, with a mixed fleet); None if
+    there is none. Raises on a malformed value or a failed call (callers keep their last good
+    value)."""
+    if gpu_type is not None:
+        counts = read_plan_counts(app)
+        return None if counts is None else counts.get(gpu_type, 0)
     raw = _get(app, "plan")
     if raw is None:
         return None
     plan = json.loads(raw)
-    target = plan.get("target_replicas") if isinstance(plan, dict) else None
-    if isinstance(target, bool) or not isinstance(target, int) or target < 0:
-        raise ValueError(f"plan target_replicas must be a non-negative integer, got {target!r}")
-    return target
+    return _count(plan.get("target_replicas") if isinstance(plan, dict) else None, "target_replicas")
+
+
+def read_plan_counts(app: str) -> Optional[dict[str, int]]:
+    """The published per-GPU-type targets; None if there is no plan or it has no counts (one
+    type). Raises on a malformed value or a failed call."""
+    raw = _get(app, "plan")
+    if raw is None:
+        return None
+    plan = json.loads(raw)
+    counts = plan.get("counts") if isinstance(plan, dict) else None
+    if counts is None:
+        return None
+    if not isinstance(counts, dict):
+        raise ValueError(f"plan counts must be an object of GPU type to replicas, got {counts!r}")
+    return {str(k): _count(v, f"count of {k}") for k, v in counts.items()}
 
 
 def read_capacities(app: str) -> Optional[dict[str, int]]:

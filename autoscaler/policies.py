@@ -286,10 +286,22 @@ class FleetPlannerPolicy(PlannerPolicy):
     fleet across types against that hour's carbon, with embodied carbon amortised over each
     type's lifetime (and the reuse fraction for GPUs past it)."""
 
-    def __init__(self, name: str, *, types, perfs=None, capacities_gb: Sequence[float], **kw: Any) -> None:
+    def __init__(self, name: str, *, types, perfs=None, capacities_gb: Sequence[float], min_total_replicas: int = 1,
+                 **kw: Any) -> None:
         super().__init__(name, replica_options=[1], capacities_gb=capacities_gb, **kw)
         self.types = list(types)
         self.perfs = perfs or [t.perf() for t in self.types]
+        self.min_total_replicas = int(min_total_replicas)
+
+    @classmethod
+    def from_autoscaler_config(cls, cfg, perf=None, name: str = "joint-milp", replica_options=None):
+        """The live actor's policy for `cfg.fleet` (a mixed fleet), from its `AutoscalerConfig`."""
+        from autoscaler.scenario import Workload
+
+        return cls(name, types=cfg.fleet_types(), capacities_gb=cfg.capacities_gb, horizon_slots=cfg.horizon_slots,
+                   solver_time_limit_s=cfg.solver_time_limit_s, slo=cfg.slo, carbon=cfg.carbon,
+                   workload=Workload(max_utilisation=cfg.slo.max_utilisation), prompt_tokens=cfg.prompt_tokens,
+                   output_tokens=cfg.output_tokens, min_total_replicas=cfg.min_replicas)
 
     def decide(self, obs: Observation) -> Decision:
         from autoscaler.fleet import fleet_problem, plan_fleet
@@ -304,28 +316,44 @@ class FleetPlannerPolicy(PlannerPolicy):
         caches = cache_options(self.capacities_gb, self.workload, hfn)
         names = [t.name for t in self.types]
         current = obs.current_counts or {}
+        prompt = obs.effective_prompt_tokens or obs.mean_prompt_tokens or self.prompt_tokens
+        output = obs.mean_output_tokens or self.output_tokens
         problem = fleet_problem(
             self.types, perfs=self.perfs, intensity=fc, load_rps=[max(0.0, float(obs.arrival_rps))] * H,
             caches=caches, slo=self.slo or SLO(),
-            prompt_tokens=obs.effective_prompt_tokens or obs.mean_prompt_tokens or self.prompt_tokens,
-            output_tokens=obs.mean_output_tokens or self.output_tokens, slot_hours=1.0,
+            prompt_tokens=prompt, output_tokens=output, slot_hours=1.0,
             alpha_g_per_replica=self.alpha, beta_g_per_gb=self.beta, storage_carbon=self.carbon,
-            initial_counts=[int(current.get(n, 0)) for n in names], initial_capacity_gb=float(obs.current_capacity_gb))
+            initial_counts=[int(current.get(n, 0)) for n in names], initial_capacity_gb=float(obs.current_capacity_gb),
+            min_total_replicas=self.min_total_replicas)
         reason = ""
+        lam = max(0.0, float(obs.arrival_rps))
         try:
             out = plan_fleet(problem, time_limit_s=self.solver_time_limit_s)
-            counts, c = dict(zip(names, out.counts[0])), out.cache[0]
-            reason = out.reason
+            counts, c, split = dict(zip(names, out.counts[0])), out.cache[0], list(out.split_rps[0])
+            reason, slo_met = out.reason, True
         except PlanInfeasible as e:  # more load than the whole fleet serves within the SLO
             c = len(caches) - 1  # the largest cache, and every replica of the types that can meet the SLO at all
             useful = {k.name for k in problem.types if k.rate_rps[c] > 0} or {k.name for k in problem.types}
             counts = {t.name: (t.count if t.name in useful else 0) for t in self.types}
             reason = f"SLO not attainable with the whole fleet ({e}); running every replica of {sorted(useful)}"
-            out = None
+            out, slo_met = None, False
+            cap = [k.rate_rps[c] * counts[k.name] for k in problem.types]  # load spread by SLO capacity
+            split = [lam * x / sum(cap) if sum(cap) else lam / len(cap) for x in cap]
         self.last_problem = problem
+        per_type = {k.name: {"replicas": int(counts[k.name]), "load_rps": float(z), "work_s": float(k.work_s[c]),
+                             "slo_rate_rps": float(k.rate_rps[c]), "embodied_scale": float(k.embodied_scale)}
+                    for k, z in zip(problem.types, split)}
+        # Prefill and decode seconds per request, weighted by where the load goes (by replicas when idle).
+        w = np.array(split) if sum(split) > 0 else np.array([counts[n] for n in names], dtype=float)
+        w = w / w.sum() if w.sum() > 0 else np.full(len(names), 1.0 / len(names))
+        prefill_s = float(sum(wi * p.prefill_s(prompt) for wi, p in zip(w, self.perfs)))
+        decode_s = float(sum(wi * output * p.decode_step_s(16, prompt + output / 2) / 16 for wi, p in zip(w, self.perfs)))
         return Decision(
             replicas=int(sum(counts.values())), capacity_gb=float(caches[c].capacity_gb), counts=counts,
             reason=f"{reason}; {curve_note}",
             details={"plan": {"counts": out.counts if out else None, "method": out.method if out else "all",
-                              "objective_g": out.objective_g if out else None},
-                     "hit_ratio": float(caches[c].hit_ratio), "cache_name": caches[c].name})
+                              "objective_g": out.objective_g if out else None,
+                              "dp_objective_g": out.dp_objective_g if out else None,
+                              "capacity_gb": [caches[i].capacity_gb for i in out.cache] if out else None},
+                     "hit_ratio": float(caches[c].hit_ratio), "cache_name": caches[c].name, "per_type": per_type,
+                     "slo_met": slo_met, "prefill_s": prefill_s, "decode_s": decode_s})

@@ -402,7 +402,7 @@ class Simulation:
 
     def _fleet_types(self) -> None:
         """The GPU types replicas run on: the fleet's, or the model's reference type alone."""
-        from autoscaler.fleet import GPUType, parse_fleet
+        from autoscaler.gpu_types import GPUType, parse_fleet
 
         cfg = self.cfg
         if cfg.fleet:

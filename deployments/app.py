@@ -4,7 +4,10 @@ carbon autoscaler, as one application that `serve run` / `serve deploy` accept:
     import_path: deployments.app:build          args: the fields of `ServeConfig`
 
 Placement: the LLM replicas go wherever Serve finds room (`max_replicas_per_node` spreads
-them). The ingress and the autoscaler are pinned to the Ray head node (`node:__internal_head__`,
+them). With a mixed GPU fleet (`autoscaler.fleet`, e.g. "h100:2,a100:4"), there is one LLM
+deployment per GPU type, `LLMReplica-<type>`, whose replicas ask for the custom resource
+`gpu_<type>` (one unit per GPU of a replica), which the nodes holding that type declare
+(cluster.yaml); each follows its type's count in the carbon plan, from zero to the type's count. The ingress and the autoscaler are pinned to the Ray head node (`node:__internal_head__`,
 0 CPUs): the head holds the cluster's control plane (GCS, Serve controller), so a worker node
 that dies never takes the endpoint's entry point or the autoscaler's state with it.
 """
@@ -18,6 +21,7 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig
 
 from autoscaler.control_plane import ON_HEAD
+from autoscaler.config import AutoscalerConfig
 from deployments.config import ServeConfig, engine_env
 from deployments.demo_model import resolve_model
 
@@ -44,14 +48,26 @@ def resolve_max_model_len(model_path: str, configured: Optional[int]) -> int:
     return 2048
 
 
-def _replica_options(config: ServeConfig, app: str, autoscaling_config: Optional[dict]) -> dict:
+def fleet_deployment_name(gpu_type: str) -> str:
+    return f"{LLM_NAME}-{gpu_type}"
+
+
+def fleet_resource(gpu_type: str) -> str:
+    """The custom Ray resource a node declares per GPU of `gpu_type` it holds."""
+    return f"gpu_{gpu_type}"
+
+
+def _replica_options(config: ServeConfig, app: str, autoscaling_config: Optional[dict], gpu_type=None) -> dict:
+    """Serve options of the LLM deployment (of one fleet type, `gpu_type` a `GPUType`)."""
+    resources = {fleet_resource(gpu_type.name): float(gpu_type.carbon.gpus_per_replica)} if gpu_type else {}
     options: dict[str, Any] = dict(
-        name=LLM_NAME,
+        name=fleet_deployment_name(gpu_type.name) if gpu_type else LLM_NAME,
         max_ongoing_requests=config.max_ongoing_requests,
         ray_actor_options={
             "num_cpus": config.replica_num_cpus,
             "num_gpus": config.replica_num_gpus,
             "runtime_env": {"env_vars": engine_env(config.engine_kwargs)},
+            **({"resources": resources} if resources else {}),
         },
         request_router_config=RequestRouterConfig(
             request_router_class="deployments.routing:PrefixAffinityRouter",
@@ -66,12 +82,31 @@ def _replica_options(config: ServeConfig, app: str, autoscaling_config: Optional
     if config.max_replicas_per_node is not None:
         options["max_replicas_per_node"] = config.max_replicas_per_node
     if autoscaling_config is None and config.autoscaler.enabled:
-        autoscaling_config = plan_following_autoscaling(config, app)
+        autoscaling_config = plan_following_autoscaling(config, app, gpu_type)
     if autoscaling_config is not None:
         options["autoscaling_config"] = autoscaling_config
     else:
         options["num_replicas"] = config.num_replicas
     return options
+
+
+_status_pool = None
+
+
+def fleet_running_counts(app: str, gpu_types: list[str], timeout_s: float = 5.0) -> dict[str, int]:
+    """Replicas RUNNING in each GPU type's deployment of `app` (Serve's status; raises if Serve
+    does not answer within `timeout_s`, so a stalled controller never stalls the autoscaler)."""
+    import concurrent.futures
+
+    global _status_pool
+    _status_pool = _status_pool or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="serve-status")
+    status = _status_pool.submit(serve.status).result(timeout=timeout_s)
+    deployments = status.applications[app].deployments if app in status.applications else {}
+    out = {}
+    for t in gpu_types:
+        d = deployments.get(fleet_deployment_name(t))
+        out[t] = int(d.replica_states.get("RUNNING", 0)) if d is not None else 0
+    return out
 
 
 class AutoscalerReplica:
@@ -85,7 +120,9 @@ class AutoscalerReplica:
         from deployments.settings import settings
 
         to_replica_log()
-        self._impl = CarbonAutoscaler(config, home or settings().home, app, deployment_id)
+        types = [t.name for t in AutoscalerConfig.model_validate(config).fleet_types()]
+        running = (lambda: fleet_running_counts(app, types)) if types else None
+        self._impl = CarbonAutoscaler(config, home or settings().home, app, deployment_id, running)
 
     def __getattr__(self, name: str):
         return getattr(self.__dict__["_impl"], name)
@@ -124,8 +161,14 @@ def build_app(config: ServeConfig, *, app_name: str = APP_NAME, autoscaling_conf
     engine = config.engine_config(served_name)
     max_model_len = resolve_max_model_len(model_dir, engine.max_model_len)
     engine = engine.model_copy(update={"max_model_len": max_model_len})
-    llm = serve.deployment(LLMReplica).options(**_replica_options(config, app_name, autoscaling_config)).bind(
-        engine.model_dump(), app_name)
+    fleet = [t for t in config.autoscaler.fleet_types() if t.count > 0] if config.autoscaler.enabled else []
+    if fleet:  # one deployment per GPU type; the ingress gets {type: handle}
+        llm: Any = {t.name: serve.deployment(LLMReplica).options(
+            **_replica_options(config, app_name, autoscaling_config, t)).bind(engine.model_dump(), app_name)
+            for t in fleet}
+    else:
+        llm = serve.deployment(LLMReplica).options(**_replica_options(config, app_name, autoscaling_config)).bind(
+            engine.model_dump(), app_name)
     autoscaler = None
     if config.autoscaler.enabled:
         autoscaler = serve.deployment(AutoscalerReplica).options(
@@ -159,19 +202,28 @@ def build(args: dict):
     return build_app(ServeConfig.model_validate(args or {}))
 
 
-def plan_following_autoscaling(config: ServeConfig, app: str = APP_NAME) -> dict:
-    """Serve autoscaling config whose policy follows the carbon plan (see autoscaling_policy.py)."""
+def plan_following_autoscaling(config: ServeConfig, app: str = APP_NAME, gpu_type=None) -> dict:
+    """Serve autoscaling config whose policy follows the carbon plan (see autoscaling_policy.py).
+    For one type of a mixed fleet (`gpu_type`, a `GPUType`): from 0 to the type's count; the
+    first type of the fleet starts with `num_replicas`, the others with none, until the plan says."""
     a = config.autoscaler
-    initial = max(a.min_replicas, min(a.max_replicas, config.num_replicas))
+    lo, hi = a.min_replicas, a.max_replicas
+    initial = max(lo, min(hi, config.num_replicas))
+    kwargs: dict[str, Any] = {"app": app, "burst_ongoing_per_replica": float(config.max_ongoing_requests)}
+    if gpu_type is not None:
+        first = a.fleet_types()[0].name == gpu_type.name
+        lo, hi = 0, gpu_type.count
+        initial = min(hi, max(a.min_replicas, config.num_replicas)) if first else 0
+        kwargs["gpu_type"] = gpu_type.name
     return {
-        "min_replicas": a.min_replicas,
-        "max_replicas": a.max_replicas,
+        "min_replicas": lo,
+        "max_replicas": hi,
         "initial_replicas": initial,
         "upscale_delay_s": 0,
         "downscale_delay_s": 5,
         "policy": {
             "policy_function": "deployments.autoscaling_policy:PlanFollowingPolicy",
-            "policy_kwargs": {"app": app, "burst_ongoing_per_replica": float(config.max_ongoing_requests)},
+            "policy_kwargs": kwargs,
         },
     }
 

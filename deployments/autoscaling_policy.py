@@ -7,6 +7,9 @@ target through failures. The plan is the slow, carbon-optimal baseline; the fast
 *above* it when in-flight requests per replica exceed `burst_ongoing_per_replica` (never below
 the plan). Fail-open: with no plan (autoscaler off, not started yet, or down) the deployment
 keeps its current size, bounded by min/max replicas.
+
+With a mixed GPU fleet each type's deployment (`LLMReplica-<type>`) runs one of these with its
+`gpu_type`, and follows that type's count in the plan.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from autoscaler import control_plane
 
 
 class PlanFollowingPolicy:
-    def __init__(self, app: str, burst_ongoing_per_replica: Optional[float] = None) -> None:
+    def __init__(self, app: str, burst_ongoing_per_replica: Optional[float] = None,
+                 gpu_type: Optional[str] = None) -> None:
         self.app = app
         self.burst = burst_ongoing_per_replica
-        self.plan = control_plane.PollingReader(lambda: control_plane.read_plan(app), every_s=1.0)
+        self.plan = control_plane.PollingReader(lambda: control_plane.read_plan(app, gpu_type), every_s=1.0)
 
     def __call__(self, ctx: Any) -> tuple[int, dict]:
         plan = self.plan.get()

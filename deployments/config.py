@@ -182,6 +182,13 @@ class ServeConfig(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _fleet_needs_the_autoscaler(self) -> "ServeConfig":
+        if self.autoscaler.fleet and not self.autoscaler.enabled:
+            raise ValueError("autoscaler.fleet needs the carbon autoscaler: the plan sizes each GPU type's deployment "
+                             "(set autoscaler.enabled, or drop autoscaler.fleet to serve one GPU type)")
+        return self
+
     def engine_config(self, served_model_name: str) -> EngineConfig:
         """The engine configuration for serving the model under `served_model_name`."""
         return EngineConfig(

@@ -41,7 +41,7 @@ from deployments.protocol import (
     api_error_from_validation,
 )
 from deployments.responses import SSE_DONE, ChatRenderer, CompletionRenderer, sse
-from deployments.routing import prefix_block_hashes
+from deployments.routing import app_routes, choose_deployment, prefix_block_hashes
 
 logger = logging.getLogger("greencache.ingress")
 
@@ -226,7 +226,7 @@ class OpenAIIngress:
 
     def __init__(
         self,
-        llm,  # DeploymentHandle to LLMReplica
+        llm,  # DeploymentHandle to LLMReplica, or {gpu type: handle} with a mixed GPU fleet
         autoscaler,  # DeploymentHandle to the carbon autoscaler, or None
         served_model_name: str,
         model: Optional[str],  # the model directory, or None for the demo model (resolved on this node)
@@ -250,8 +250,13 @@ class OpenAIIngress:
         # imported, and the handle's options come from the driver, which imported Serve before
         # starting Ray. Measured: ingress CPU 11% -> 5% of a core, replica 8.8% -> 5.2%, and
         # throughput 0.86 -> 1.0 of vLLM's own server on 2 cores (benchmarks/results/README.md).
-        self.llm_stream = llm.options(stream=True, _by_reference=False)
-        self.llm = llm
+        # With a mixed GPU fleet: one deployment per type; `_choose` picks one per request.
+        self.fleet: dict[str, Any] = dict(llm) if isinstance(llm, dict) else {}
+        handles = self.fleet or {"": llm}
+        self.llm_streams = {t: h.options(stream=True, _by_reference=False) for t, h in handles.items()}
+        self.llm_stream = next(iter(self.llm_streams.values()))
+        self.llm = next(iter(handles.values()))
+        self.planned_types: Optional[set[str]] = None  # fleet types the plan keeps (count > 0); None: all
         self.autoscaler = autoscaler
         self.model_name = served_model_name
         self.max_model_len = max_model_len
@@ -271,6 +276,33 @@ class OpenAIIngress:
         self.counters = LoadCounters()
         self.carbon_rate: Optional[RequestCarbonRate] = None  # the autoscaler's latest, see _publish_load
         self._publisher = asyncio.get_event_loop().create_task(self._publish_load())
+        if self.fleet:
+            self._plan_follower = asyncio.get_event_loop().create_task(self._follow_plan())
+
+    async def _follow_plan(self) -> None:
+        """With a mixed fleet: which GPU types the published plan keeps, read every second off
+        the event loop (a slow GCS never holds up a request); the last good answer stays."""
+        from autoscaler import control_plane
+
+        app = self.llm.app_name
+        reader = control_plane.PollingReader(lambda: control_plane.read_plan_counts(app), every_s=0.0)
+        loop = asyncio.get_running_loop()
+        while True:
+            counts = await loop.run_in_executor(None, reader.get)
+            if counts is not None:
+                self.planned_types = {t for t, n in counts.items() if n > 0}
+            await asyncio.sleep(1.0)
+
+    def _choose(self, engine_req: dict) -> str:
+        """The GPU type (deployment) a request goes to; "" without a fleet (deployments/routing.py)."""
+        if not self.fleet:
+            return ""
+        names = {self.fleet[t].deployment_name: t for t in self.fleet}
+        allowed = None if self.planned_types is None else [self.fleet[t].deployment_name for t in self.planned_types
+                                                           if t in self.fleet]
+        chosen = choose_deployment(app_routes(self.llm.app_name), list(names), engine_req["prefix_hashes"],
+                                   self.routing.imbalance_threshold, allowed)
+        return names[chosen]
 
     async def _publish_load(self) -> None:
         """Push this replica's load counters to the telemetry hub (see `LoadCounters`), and take
@@ -361,7 +393,8 @@ class OpenAIIngress:
         from ray.exceptions import ActorUnavailableError, RayActorError
 
         for attempt in range(1, REPLICA_ATTEMPTS + 1):
-            gen = self.llm_stream.generate.remote(engine_req)
+            gpu_type = self._choose(engine_req)  # again on a retry: the plan may have moved on
+            gen = self.llm_streams[gpu_type].generate.remote(engine_req)
             it = gen.__aiter__()
             try:
                 first = await it.__anext__()
@@ -385,6 +418,8 @@ class OpenAIIngress:
             self.metrics.requests.labels(endpoint, "400").inc()
             raise APIError(400, f"invalid sampling parameters: {first['error']['message']}",
                            param=first["error"].get("param"), code="invalid_value")
+        if gpu_type:
+            first["gpu_type"] = gpu_type
         return gen, it, first
 
     async def _run(self, engine_req: dict, req, *, endpoint: str, renderer, arrival: float) -> Response:
@@ -393,6 +428,8 @@ class OpenAIIngress:
         gen, it, first = await self._first_chunk(engine_req, endpoint, renderer.id)
         out = Generation(self.metrics, self.model_name, endpoint, arrival, first, self.counters, self.carbon_rate)
         headers = {"x-greencache-replica": out.replica_id, "x-request-id": renderer.id}
+        if first.get("gpu_type"):
+            headers["x-greencache-gpu-type"] = first["gpu_type"]
         if not req.stream:
             return await self._whole(it, first, out, renderer, headers)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -469,7 +506,8 @@ class OpenAIIngress:
     @app.get("/health")
     async def health(self) -> JSONResponse:
         try:
-            info = await asyncio.wait_for(self.llm.health.remote(), timeout=10)
+            gpu_type = self._choose({"prefix_hashes": []})
+            info = await asyncio.wait_for((self.fleet.get(gpu_type) or self.llm).health.remote(), timeout=10)
             return JSONResponse({"status": "ok", "replica": info})
         except Exception as e:
             return JSONResponse(

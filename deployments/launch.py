@@ -73,10 +73,12 @@ def _restore_env() -> None:
     _env_before.clear()
 
 
-def start_local_ray(num_cpus: Optional[int] = None, env: Optional[dict[str, str]] = None) -> bool:
+def start_local_ray(num_cpus: Optional[int] = None, env: Optional[dict[str, str]] = None,
+                    resources: Optional[dict[str, float]] = None) -> bool:
     """Start a single-node Ray bound to 127.0.0.1; False (and nothing done) if Ray is already up.
 
-    `env` is set (overriding) before Ray starts, so every Ray process inherits it.
+    `env` is set (overriding) before Ray starts, so every Ray process inherits it; `resources`
+    are custom resources the node declares (a mixed fleet's `gpu_<type>` stand-ins).
 
     Ray's CPU count is bookkeeping: we declare at least 4 logical CPUs so an engine replica,
     the ingress and the autoscaler all get scheduled on a 2-core machine.
@@ -96,6 +98,7 @@ def start_local_ray(num_cpus: Optional[int] = None, env: Optional[dict[str, str]
         num_cpus=logical,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
+        resources=resources or None,
         configure_logging=True,
         logging_level=logging.WARNING,
         log_to_driver=settings().ray_logs,
@@ -181,12 +184,27 @@ def _local_mac_key(config: ServeConfig) -> ServeConfig:
     return config.model_copy(update={"kv_store": config.kv_store.model_copy(update={"mac_key_file": path})})
 
 
+def local_fleet_resources(config: ServeConfig) -> dict[str, float]:
+    """With a mixed fleet on a local Ray: this machine declares every type's resource
+    (`gpu_<type>`, one unit per GPU of the fleet), standing in for the nodes that hold them, so
+    the demo and the tests can run each type's deployment here. On a cluster the nodes declare
+    their own (cluster.yaml)."""
+    from deployments.app import fleet_resource
+
+    if not (config.autoscaler.enabled and config.autoscaler.fleet):
+        return {}
+    resources = {fleet_resource(t.name): float(t.count * t.carbon.gpus_per_replica)
+                 for t in config.autoscaler.fleet_types() if t.count > 0}
+    logger.info("local Ray stands in for the fleet's GPUs: %s", resources)
+    return resources
+
+
 def _connect(config: ServeConfig, address: Optional[str]) -> int:
     """Start a local Ray (address None) or connect to a running cluster; returns the port
     Serve's HTTP proxy binds."""
     if address is None:
         env, proxy_port = _ingress_env(config)
-        if not start_local_ray(env=env) and config.direct_ingress:
+        if not start_local_ray(env=env, resources=local_fleet_resources(config)) and config.direct_ingress:
             raise RuntimeError(
                 "direct ingress needs GreenCache to start Ray (Serve reads its settings when Ray "
                 "starts); call stop_all() first, or set direct_ingress=False"

@@ -57,7 +57,7 @@ def _flag(p: argparse.ArgumentParser, flag: str, model: type[BaseModel], field: 
         default = info.get_default(call_default_factory=True)
         if scale != 1.0 and default is not None:
             default = default / scale
-    shown = "" if default is None else f"default {default:g}{unit}" if isinstance(default, float) \
+    shown = "" if default in (None, "") else f"default {default:g}{unit}" if isinstance(default, float) \
         else f"default {default}{unit}"
     if scale != 1.0:
         shown += f"; this flag is in{unit}"
@@ -98,6 +98,8 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     _flag(p, "--max-replicas", AutoscalerConfig, "max_replicas", type=int)
     _flag(p, "--autoscaler-interval", AutoscalerConfig, "interval_s", unit=" s", type=float)
     _flag(p, "--profile", AutoscalerConfig, "profile_path")
+    _flag(p, "--fleet", AutoscalerConfig, "fleet")
+    _flag(p, "--fleet-model", AutoscalerConfig, "fleet_model")
     _flag(p, "--trace-hours-per-interval", AutoscalerConfig, "trace_hours_per_interval", type=float,
           default=SERVE_DEMO["autoscaler.trace_hours_per_interval"])
     p.add_argument("--carbon-api", default=None, metavar="PROVIDER:ZONE",
@@ -148,6 +150,8 @@ def _serve_config(args: argparse.Namespace):
             interval_s=args.autoscaler_interval,
             trace_hours_per_interval=args.trace_hours_per_interval,
             profile_path=args.profile,
+            fleet=args.fleet,
+            fleet_model=args.fleet_model,
             carbon_api=_carbon_api(args.carbon_api, args.carbon_api_url),
         ),
     )
@@ -305,7 +309,8 @@ def _plan_fleet(args: argparse.Namespace, source, start) -> int:
     """`greencache plan --fleet h100:8,a100:8`: replicas of each GPU type and the cache per slot."""
     from datetime import timedelta
 
-    from autoscaler.fleet import fleet_problem, parse_fleet, plan_fleet
+    from autoscaler.fleet import fleet_problem, plan_fleet
+    from autoscaler.gpu_types import parse_fleet
     from autoscaler.perf_model import SLO
     from autoscaler.planner import PlanInfeasible
     from autoscaler.scenario import Workload, cache_options
@@ -384,7 +389,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                         ssd_embodied_kg_per_gb=args.ssd_embodied_kg_per_gb, gpu_idle_w=args.gpu_idle_w,
                         fleet=args.fleet)
         if args.fleet:
-            from autoscaler.fleet import parse_fleet
+            from autoscaler.gpu_types import parse_fleet
 
             parse_fleet(args.fleet, args.model)  # a bad spec is an error now, not in a worker
     except (ValueError, KeyError, OSError) as e:

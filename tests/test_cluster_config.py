@@ -37,7 +37,16 @@ def test_cluster_yaml_passes_ray_ups_checks(name):
     head = types[prepared["head_node_type"]]
     assert head["resources"] == {"CPU": 0}  # the head runs no replica
     gpu_types = {t: v for t, v in types.items() if v.get("resources", {}).get("GPU")}
-    assert sorted(v["resources"]["GPU"] for v in gpu_types.values()) == [1, 8]
+    assert sorted(v["resources"]["GPU"] for v in gpu_types.values()) == [1, 8, 8]
+    # a mixed fleet's types: nodes declare one `gpu_<type>` per GPU, for every type the
+    # catalogue has, which is what each type's LLM deployment asks for
+    from autoscaler.gpu_types import load_catalogue
+    from deployments.app import fleet_resource
+
+    for gpu in load_catalogue():
+        holders = [v for v in gpu_types.values() if fleet_resource(gpu) in v["resources"]]
+        assert len(holders) == 1, gpu
+        assert holders[0]["resources"][fleet_resource(gpu)] == holders[0]["resources"]["GPU"]
     for t, v in types.items():  # Ray checks sum(min) <= max_workers, not min <= max per type
         assert v.get("min_workers", 0) <= v.get("max_workers", 0) or t == prepared["head_node_type"], t
     assert prepared["docker"]["image"].startswith("rayproject/ray:2.60")
@@ -138,14 +147,22 @@ def _models_in(annotation) -> list:
     return [m for a in get_args(annotation) for m in _models_in(a)] if get_origin(annotation) else []
 
 
-def _serve_config() -> dict:
-    return yaml.safe_load((REPO / "serve_config.yaml").read_text())
+SERVE_CONFIGS = sorted(p.name for p in REPO.glob("serve_config*.yaml"))
 
 
-def test_serve_config_passes_serves_schema_with_no_ignored_key():
+def _serve_config(name: str = "serve_config.yaml") -> dict:
+    return yaml.safe_load((REPO / name).read_text())
+
+
+def test_there_is_a_serve_config_for_one_type_and_for_a_fleet():
+    assert {"serve_config.yaml", "serve_config_fleet.yaml"} <= set(SERVE_CONFIGS)
+
+
+@pytest.mark.parametrize("name", SERVE_CONFIGS)
+def test_serve_config_passes_serves_schema_with_no_ignored_key(name):
     from ray.serve.schema import ServeDeploySchema
 
-    data = _serve_config()
+    data = _serve_config(name)
     schema = ServeDeploySchema.model_validate(data)
     assert _unknown_keys(ServeDeploySchema, data) == []
     (app,) = schema.applications
@@ -165,6 +182,16 @@ def test_serve_config_args_build_the_application(greencache_home):
     args = ServeDeploySchema.model_validate(_serve_config()).applications[0].args
     cfg = ServeConfig.model_validate(args)
     assert cfg.kv_store.redis_url == "redis://{head}:6380/0" and cfg.max_replicas_per_node == 1
+    fleet_args = ServeDeploySchema.model_validate(_serve_config("serve_config_fleet.yaml")).applications[0].args
+    fleet = ServeConfig.model_validate(fleet_args).autoscaler.fleet_types()
+    assert [t.name for t in fleet] == ["a100", "h100"] and fleet[0].past_lifetime
+    # every type the fleet names is a resource some node of the cluster declares
+    from deployments.app import fleet_resource
+
+    declared = {r for v in yaml.safe_load((REPO / "cluster.yaml").read_text())["available_node_types"].values()
+                for r in v.get("resources", {})}
+    assert {fleet_resource(t.name) for t in fleet} <= declared
+    assert type(build(fleet_args)).__name__ == "Application"
     app = build(args)
     assert type(app).__name__ == "Application"
     with pytest.raises(Exception, match="kv_stor"):

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from autoscaler.carbon import GPU_POWER, CarbonConfig
-from autoscaler.fleet import (CATALOGUE, FleetProblem, FleetType, fleet_plan_cost, fleet_problem, load_catalogue,
-                              parse_fleet, plan_fleet, slo_rate, solve_fleet_dp, solve_fleet_milp)
+from autoscaler.fleet import (FleetProblem, FleetType, fleet_plan_cost, fleet_problem, plan_fleet, slo_rate,
+                              solve_fleet_dp, solve_fleet_milp)
+from autoscaler.gpu_types import CATALOGUE, load_catalogue, parse_fleet
 from autoscaler.instances import random_fleet_problem
 from autoscaler.perf_model import SLO
 from autoscaler.planner import CacheOption, PlanInfeasible, PlanProblem, solve_dp
