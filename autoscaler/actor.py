@@ -19,8 +19,8 @@ Loop (every `interval_s`): observe → forecast → plan → actuate → record.
   restarted autoscaler of the same deployment resumes from it; a new deployment starts fresh),
   and a summary to the telemetry hub for `/metrics`.
 
-Mixed GPU fleet (`cfg.fleet`): the policy is `FleetPlannerPolicy` (autoscaler/fleet.py), which
-chooses a count per GPU type; each type's Serve deployment follows its own count. Moving replicas
+Mixed GPU fleet (`cfg.fleet`): the policy is `FleetPlannerPolicy` (autoscaler/policies.py, over
+the planner in autoscaler/fleet.py), which chooses a count per GPU type; each type's Serve deployment follows its own count. Moving replicas
 from one type to another is make-before-break (`transition_targets`): while a type the plan
 grows has fewer replicas running than planned, no type is shrunk below what it runs, so requests
 always have somewhere to go; the old type goes once the new one is up (the cycle after).
@@ -146,6 +146,7 @@ class CarbonAutoscaler:
         self.running_counts = running_counts
         if self.fleet:
             self.policy = FleetPlannerPolicy.from_autoscaler_config(self.cfg)
+            self.fleet = self.policy.types  # as the policy prices them (the site's PUE)
         else:
             self.policy = PlannerPolicy.from_autoscaler_config(self.cfg, self.perf)
         self.trace_time = datetime.fromisoformat(self.cfg.trace_start).replace(tzinfo=timezone.utc)
@@ -243,7 +244,8 @@ class CarbonAutoscaler:
         current = self.last["decision"] if self.last else {"replicas": cfg.min_replicas, "capacity_gb": 0.0}
         counts = current.get("counts")
         if self.fleet and counts is None:  # before the first decision: what runs (else the first type's floor)
-            counts = self._running() or {self.fleet[0].name: cfg.min_replicas}
+            first = next(t.name for t in self.fleet if t.count > 0)
+            counts = self._running() or {first: cfg.min_replicas}
         return Observation(
             trace_time=self.trace_time, intensity_forecast=source.forecast(self.trace_time, cfg.horizon_slots),
             arrival_rps=float(load) if load is not None else 0.0, current_replicas=int(current["replicas"]),
@@ -264,10 +266,11 @@ class CarbonAutoscaler:
             logger.warning("could not read the fleet's running replicas (%s: %s)", type(e).__name__, e)
             return None
 
-    def _slot_footprint(self, d: Decision, observation: Observation) -> Footprint:
+    def _slot_footprint(self, d: Decision, observation: Observation, counts: Optional[dict] = None) -> Footprint:
         """Carbon of the slot about to run, as the model predicts it, over the trace time one
-        interval covers (with a fleet: each type's replicas, the load the plan gives it, its
-        power and embodied carbon, scaled for reuse; the cache once)."""
+        interval covers (with a fleet: each type's replicas as published, `counts`, which during
+        a move include the type being replaced; the load the plan gives each type; their power
+        and embodied carbon, scaled for reuse; the cache once)."""
         carbon = self.cfg.carbon
         hours = self.cfg.trace_hours_per_interval or self.cfg.interval_s / 3600.0
         if d.counts is not None:
@@ -275,7 +278,8 @@ class CarbonAutoscaler:
             parts = [carbon.footprint(intensity_g_per_kwh=ci, ssd_gb_hours=d.capacity_gb * hours)]
             for t in self.fleet:
                 pt = d.details["per_type"][t.name]
-                fp = t.carbon.footprint(intensity_g_per_kwh=ci, replica_hours=pt["replicas"] * hours,
+                n = (counts or {}).get(t.name, pt["replicas"])
+                fp = t.carbon.footprint(intensity_g_per_kwh=ci, replica_hours=n * hours,
                                         busy_wh=t.carbon.busy_extra_w() * pt["load_rps"] * pt["work_s"] * hours)
                 parts.append(Footprint(fp.operational_g, pt["embodied_scale"] * fp.embodied_g, fp.energy_kwh))
             return Footprint(*(sum(getattr(p, f) for p in parts) for f in ("operational_g", "embodied_g", "energy_kwh")))
@@ -312,12 +316,14 @@ class CarbonAutoscaler:
             self.state.append_decision({"time": t_start, "trace_time": self.trace_time.isoformat(),
                                         "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=3)})
             raise
-        fp = self._slot_footprint(d, observation)
+        published = self._targets(d, observation)
+        fp = self._slot_footprint(d, observation, published.get("counts"))
         self.ledger.charge(fp)
         self.cycles += 1
         record = self._record(t_start, obs, observation, d, fp)
         record["predicted"]["request_carbon"] = self._request_rate(fp, d, observation, obs).to_json()
-        record["published"] = self._actuate(d)
+        self._actuate(d, published)
+        record["published"] = published
         self.state.append_decision(record)
         self.state.save_last(record)
         self.last = record
@@ -325,22 +331,27 @@ class CarbonAutoscaler:
         self._advance_clock()
         return record
 
-    def _actuate(self, d: Decision) -> dict:
-        """Publish the decision (with a fleet, the make-before-break step towards it); if Ray's KV
-        cannot take it now, the previous one stays in force and the next cycle publishes again.
-        Returns what was published."""
+    def _targets(self, d: Decision, observation: Observation) -> dict:
+        """What to publish for decision `d`: with a fleet, the make-before-break step towards its
+        counts, given what each type runs now (unknown: nothing below the step published last,
+        or the counts before this decision)."""
         published: dict[str, Any] = {"replicas": d.replicas, "capacity_gb": d.capacity_gb}
         if d.counts is not None:
             running = self._running()
-            previous = ((self.last or {}).get("published") or {}).get("counts")
+            previous = ((self.last or {}).get("published") or {}).get("counts") or observation.current_counts
             targets = transition_targets(d.counts, running, previous)
-            published.update(replicas=sum(targets.values()), counts=targets, running=running)
+            published.update(replicas=sum(targets.values()), counts=targets, planned=dict(d.counts), running=running)
+        return published
+
+    def _actuate(self, d: Decision, published: dict) -> None:
+        """Publish the targets; if Ray's KV cannot take them now, the previous ones stay in force
+        and the next cycle publishes again."""
         try:
-            control_plane.publish_plan(self.app, published["replicas"], published.get("counts"))
+            control_plane.publish_plan(self.app, published["replicas"], published.get("counts"),
+                                       published.get("planned"))
             control_plane.publish_capacities(self.app, {"disk": int(d.capacity_gb * 1e9)})
         except Exception as e:
             logger.warning("could not publish the decision (%s: %s); the previous one stays", type(e).__name__, e)
-        return published
 
     def _record(self, t_start: float, obs: dict, observation: Observation, d: Decision, fp: Footprint) -> dict:
         problem = self.policy.last_problem

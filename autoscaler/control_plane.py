@@ -5,8 +5,9 @@ node's processes reach, and which lives as long as the cluster):
 
 - `<app>/plan`: `{"target_replicas": N, "updated": t}`, read by the Serve autoscaling policy
   (`deployments/autoscaling_policy.py`) in the Serve controller; with a mixed GPU fleet also
-  `"counts": {gpu_type: n}`, each type's LLM deployment following its own count, and the ingress
-  sending requests only to types whose count is above zero;
+  `"counts": {gpu_type: n}`, each type's LLM deployment following its own count (a step towards
+  the plan, make-before-break), and `"planned": {gpu_type: n}`, the plan itself: the ingress
+  sends new requests only to planned types that run a replica, so a type being replaced drains;
 - `<app>/store_capacity`: `{"capacity_bytes": {"disk": N}, "updated": t}`, read by every LLM
   replica, which applies it to its node's shared disk tier (`deployments/replica.py`).
 
@@ -56,10 +57,12 @@ def _get(app: str, what: str) -> Optional[bytes]:
     return _gcs().internal_kv_get(_key(app, what), KV_NAMESPACE.encode(), timeout=GCS_TIMEOUT_S)
 
 
-def publish_plan(app: str, target_replicas: int, counts: Optional[dict[str, int]] = None) -> None:
+def publish_plan(app: str, target_replicas: int, counts: Optional[dict[str, int]] = None,
+                 planned: Optional[dict[str, int]] = None) -> None:
     value: dict = {"target_replicas": int(target_replicas), "updated": time.time()}
     if counts is not None:
         value["counts"] = {str(k): int(v) for k, v in counts.items()}
+        value["planned"] = {str(k): int(v) for k, v in (planned if planned is not None else counts).items()}
     _put(app, "plan", value)
 
 
@@ -88,14 +91,15 @@ def read_plan(app: str, gpu_type: Optional[str] = None) -> Optional[int]:
     return _count(plan.get("target_replicas") if isinstance(plan, dict) else None, "target_replicas")
 
 
-def read_plan_counts(app: str) -> Optional[dict[str, int]]:
-    """The published per-GPU-type targets; None if there is no plan or it has no counts (one
-    type). Raises on a malformed value or a failed call."""
+def read_plan_counts(app: str, which: str = "counts") -> Optional[dict[str, int]]:
+    """The published per-GPU-type targets (`which="planned"`: the plan they step towards); None
+    if there is no plan or it has no counts (one type). Raises on a malformed value or a failed
+    call."""
     raw = _get(app, "plan")
     if raw is None:
         return None
     plan = json.loads(raw)
-    counts = plan.get("counts") if isinstance(plan, dict) else None
+    counts = plan.get(which, plan.get("counts")) if isinstance(plan, dict) else None
     if counts is None:
         return None
     if not isinstance(counts, dict):

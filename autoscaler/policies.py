@@ -295,10 +295,14 @@ class FleetPlannerPolicy(PlannerPolicy):
 
     @classmethod
     def from_autoscaler_config(cls, cfg, perf=None, name: str = "joint-milp", replica_options=None):
-        """The live actor's policy for `cfg.fleet` (a mixed fleet), from its `AutoscalerConfig`."""
+        """The live actor's policy for `cfg.fleet` (a mixed fleet), from its `AutoscalerConfig`.
+        Each type keeps its catalogue power and embodied figures; the site's PUE is the
+        configured one (`cfg.carbon.pue`)."""
         from autoscaler.scenario import Workload
 
-        return cls(name, types=cfg.fleet_types(), capacities_gb=cfg.capacities_gb, horizon_slots=cfg.horizon_slots,
+        types = [t.model_copy(update={"carbon": t.carbon.model_copy(update={"pue": cfg.carbon.pue})})
+                 for t in cfg.fleet_types()]
+        return cls(name, types=types, capacities_gb=cfg.capacities_gb, horizon_slots=cfg.horizon_slots,
                    solver_time_limit_s=cfg.solver_time_limit_s, slo=cfg.slo, carbon=cfg.carbon,
                    workload=Workload(max_utilisation=cfg.slo.max_utilisation), prompt_tokens=cfg.prompt_tokens,
                    output_tokens=cfg.output_tokens, min_total_replicas=cfg.min_replicas)

@@ -101,11 +101,15 @@ def fleet_running_counts(app: str, gpu_types: list[str], timeout_s: float = 5.0)
     global _status_pool
     _status_pool = _status_pool or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="serve-status")
     status = _status_pool.submit(serve.status).result(timeout=timeout_s)
-    deployments = status.applications[app].deployments if app in status.applications else {}
+    if app not in status.applications:
+        raise LookupError(f"Serve runs no application {app!r}")
+    deployments = status.applications[app].deployments
     out = {}
     for t in gpu_types:
         d = deployments.get(fleet_deployment_name(t))
-        out[t] = int(d.replica_states.get("RUNNING", 0)) if d is not None else 0
+        if d is None:  # unknown is not zero: make-before-break must not take it for "gone"
+            raise LookupError(f"application {app!r} has no deployment {fleet_deployment_name(t)!r}")
+        out[t] = int(d.replica_states.get("RUNNING", 0))
     return out
 
 
@@ -120,7 +124,7 @@ class AutoscalerReplica:
         from deployments.settings import settings
 
         to_replica_log()
-        types = [t.name for t in AutoscalerConfig.model_validate(config).fleet_types()]
+        types = [t.name for t in AutoscalerConfig.model_validate(config).fleet_types() if t.count > 0]
         running = (lambda: fleet_running_counts(app, types)) if types else None
         self._impl = CarbonAutoscaler(config, home or settings().home, app, deployment_id, running)
 
@@ -193,6 +197,7 @@ def build_app(config: ServeConfig, *, app_name: str = APP_NAME, autoscaling_conf
         config.routing.model_dump(),
         config.autoscaler.carbon.model_dump(),
         config.max_queued_requests,
+        app_name,
     )
 
 
@@ -211,7 +216,7 @@ def plan_following_autoscaling(config: ServeConfig, app: str = APP_NAME, gpu_typ
     initial = max(lo, min(hi, config.num_replicas))
     kwargs: dict[str, Any] = {"app": app, "burst_ongoing_per_replica": float(config.max_ongoing_requests)}
     if gpu_type is not None:
-        first = a.fleet_types()[0].name == gpu_type.name
+        first = next(t.name for t in a.fleet_types() if t.count > 0) == gpu_type.name
         lo, hi = 0, gpu_type.count
         initial = min(hi, max(a.min_replicas, config.num_replicas)) if first else 0
         kwargs["gpu_type"] = gpu_type.name

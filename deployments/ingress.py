@@ -41,7 +41,8 @@ from deployments.protocol import (
     api_error_from_validation,
 )
 from deployments.responses import SSE_DONE, ChatRenderer, CompletionRenderer, sse
-from deployments.routing import app_routes, choose_deployment, prefix_block_hashes
+from deployments.route_table import app_routes, choose_deployment
+from deployments.routing import prefix_block_hashes
 
 logger = logging.getLogger("greencache.ingress")
 
@@ -237,6 +238,7 @@ class OpenAIIngress:
         routing: dict[str, Any],
         carbon: dict[str, Any],
         max_queued_requests: int = 256,
+        app_name: str = "greencache",  # the app the autoscaler publishes its plan for
     ):
         from transformers import AutoTokenizer
 
@@ -257,6 +259,7 @@ class OpenAIIngress:
         self.llm_stream = next(iter(self.llm_streams.values()))
         self.llm = next(iter(handles.values()))
         self.planned_types: Optional[set[str]] = None  # fleet types the plan keeps (count > 0); None: all
+        self.app_name = app_name
         self.autoscaler = autoscaler
         self.model_name = served_model_name
         self.max_model_len = max_model_len
@@ -280,12 +283,14 @@ class OpenAIIngress:
             self._plan_follower = asyncio.get_event_loop().create_task(self._follow_plan())
 
     async def _follow_plan(self) -> None:
-        """With a mixed fleet: which GPU types the published plan keeps, read every second off
-        the event loop (a slow GCS never holds up a request); the last good answer stays."""
+        """With a mixed fleet: which GPU types the plan keeps (its own counts, not the
+        make-before-break step, so a type being replaced gets no new request once its
+        successor runs), read every second off the event loop (a slow GCS never holds up a
+        request); the last good answer stays."""
         from autoscaler import control_plane
 
-        app = self.llm.app_name
-        reader = control_plane.PollingReader(lambda: control_plane.read_plan_counts(app), every_s=0.0)
+        app = self.app_name
+        reader = control_plane.PollingReader(lambda: control_plane.read_plan_counts(app, "planned"), every_s=0.0)
         loop = asyncio.get_running_loop()
         while True:
             counts = await loop.run_in_executor(None, reader.get)
@@ -300,8 +305,12 @@ class OpenAIIngress:
         names = {self.fleet[t].deployment_name: t for t in self.fleet}
         allowed = None if self.planned_types is None else [self.fleet[t].deployment_name for t in self.planned_types
                                                            if t in self.fleet]
-        chosen = choose_deployment(app_routes(self.llm.app_name), list(names), engine_req["prefix_hashes"],
-                                   self.routing.imbalance_threshold, allowed)
+        try:
+            chosen = choose_deployment(app_routes(self.llm.app_name), list(names), engine_req["prefix_hashes"],
+                                       self.routing.imbalance_threshold, allowed)
+        except Exception:  # routing state in flux: any type still serves the request right
+            logger.warning("choosing a GPU type failed; using the first", exc_info=True)
+            chosen = next(iter(names))
         return names[chosen]
 
     async def _publish_load(self) -> None:

@@ -18,19 +18,18 @@ ingress replica; with several ingress replicas affinity is per ingress, which is
 for sticky clients.
 
 Mixed GPU fleets: one LLM deployment per GPU type, each with its own router. The routers of an
-application in one process share one table (`AppRoutes`), and record which replicas each
-deployment runs, so the ingress first picks the deployment (`choose_deployment`: the one whose
-replica owns the longest prefix, unless it is busier than the rest by the threshold; else the
-least loaded) and that deployment's router then picks the replica as above.
+application in one process share one table (`route_table.AppRoutes`), and record which replicas
+each deployment runs, so the ingress first picks the deployment (`route_table.choose_deployment`)
+and that deployment's router then picks the replica as above. Serve ships this router class to
+the processes that route *by value* (cloudpickle), so this module's globals there are a copy:
+the shared table lives in `deployments/route_table.py`, imported when a router starts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, Iterable, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from ray.serve.request_router import (
     PendingRequest,
@@ -60,69 +59,6 @@ def prefix_block_hashes(token_ids: Sequence[int], block_tokens: int, max_blocks:
     return hashes
 
 
-@dataclass
-class AppRoutes:
-    """What the routers of one application's LLM deployments share in this process."""
-
-    owner: "OrderedDict[str, str]" = field(default_factory=OrderedDict)  # block hash -> replica unique_id
-    replicas: dict[str, set[str]] = field(default_factory=dict)  # deployment -> its running replicas
-    routers: dict[str, "PrefixAffinityRouter"] = field(default_factory=dict)  # deployment -> its router
-
-    def deployment_of(self, replica: str) -> Optional[str]:
-        for name, ids in self.replicas.items():
-            if replica in ids:
-                return name
-        return None
-
-    def load_per_replica(self, deployment: str) -> float:
-        """Requests queued or running per replica of `deployment`, as its router last saw them."""
-        ids = self.replicas.get(deployment) or set()
-        router = self.routers.get(deployment)
-        if not ids or router is None:
-            return 0.0
-        return sum(router.queue_len(r) for r in ids) / len(ids)
-
-
-_APPS: dict[str, AppRoutes] = {}
-
-
-def app_routes(app: str) -> AppRoutes:
-    """The shared routing state of `app` in this process (made on first use)."""
-    return _APPS.setdefault(app, AppRoutes())
-
-
-def choose_deployment(routes: AppRoutes, names: Sequence[str], hashes: Sequence[str], imbalance_threshold: float,
-                      allowed: Optional[Iterable[str]] = None) -> str:
-    """Which of an application's LLM deployments (`names`, one per GPU type) gets a request.
-
-    Candidates: the deployments that run a replica and that the plan keeps (`allowed`: types
-    with a planned count above zero; None = all). A deployment the plan is draining gets no new
-    request, one still starting gets none until it runs a replica. If no candidate runs a
-    replica, any deployment that does; if none does, the first allowed one (the request then
-    waits in Serve for its replica). Among candidates: the one whose replica owns the longest
-    remembered prefix of the request, unless its load per replica exceeds the least loaded
-    candidate's by more than `imbalance_threshold`; else the least loaded."""
-    allowed = set(names) if allowed is None else set(allowed)
-    running = [n for n in names if routes.replicas.get(n)]
-    live = [n for n in running if n in allowed] or running
-    if not live:
-        return next((n for n in names if n in allowed), names[0])
-    if len(live) == 1:
-        return live[0]
-    load = {n: routes.load_per_replica(n) for n in live}
-    least = min(load.values())
-    for h in reversed(hashes):
-        rid = routes.owner.get(h)
-        if rid is None:
-            continue
-        owner = routes.deployment_of(rid)
-        if owner in load:
-            if load[owner] <= least + imbalance_threshold:
-                return owner
-            break
-    return min(live, key=lambda n: (load[n], random.random()))
-
-
 class PrefixAffinityRouter(RequestRouter):
     """Route by longest remembered prefix, falling back to the least-loaded replica."""
 
@@ -132,14 +68,19 @@ class PrefixAffinityRouter(RequestRouter):
         self._imbalance_threshold = cfg.imbalance_threshold
         self._table_size = cfg.table_size
         self._prefix_affinity = cfg.prefix_affinity
+        # Imported here, at run time, from the process's own module: Serve pickles this class
+        # by value, and a module-level import would bind a private copy of the table.
+        from deployments import route_table
+
         deployment = getattr(self, "_deployment_id", None)
         if deployment is not None:  # shared with the app's other LLM deployments in this process
-            self._routes = app_routes(deployment.app_name)
+            self._routes = route_table.app_routes(deployment.app_name)
             self._name = deployment.name
         else:  # built outside Serve's router (unit use)
-            self._routes, self._name = AppRoutes(), "llm"
+            self._routes, self._name = route_table.AppRoutes(), "llm"
         self._routes.routers[self._name] = self
         self._owner = self._routes.owner  # block hash -> replica unique_id
+        self._ids: dict[str, ReplicaID] = {}
 
     @staticmethod
     def _hashes(pending_request: Optional[PendingRequest]) -> list[str]:
@@ -156,15 +97,14 @@ class PrefixAffinityRouter(RequestRouter):
 
     def queue_len(self, unique_id: str) -> int:
         """The last known queue length of this deployment's replica `unique_id` (0 if unknown)."""
-        for rid in self.curr_replicas:
-            if rid.unique_id == unique_id:
-                q = self.replica_queue_len_cache.get(rid)
-                return 0 if q is None else q
-        return 0
+        rid = self._ids.get(unique_id)
+        q = self.replica_queue_len_cache.get(rid) if rid is not None else None
+        return 0 if q is None else q
 
     def update_replicas(self, replicas: List[RunningReplica]) -> None:
         super().update_replicas(replicas)
-        self._routes.replicas[self._name] = {r.replica_id.unique_id for r in replicas}
+        self._ids = {r.replica_id.unique_id: r.replica_id for r in replicas}  # replaced whole (AppRoutes)
+        self._routes.set_replicas(self._name, self._ids)
 
     async def choose_replicas(
         self,
@@ -216,3 +156,6 @@ class PrefixAffinityRouter(RequestRouter):
         dead = replica_id.unique_id
         for h in [h for h, r in self._owner.items() if r == dead]:
             del self._owner[h]
+        if dead in self._ids:  # the ingress stops choosing this deployment for it at once
+            self._ids = {k: v for k, v in self._ids.items() if k != dead}
+            self._routes.set_replicas(self._name, self._ids)

@@ -89,7 +89,7 @@ def test_make_before_break_targets():
 
 
 def test_the_ingress_picks_the_deployment_by_prefix_then_load():
-    from deployments.routing import AppRoutes, choose_deployment
+    from deployments.route_table import AppRoutes, choose_deployment
 
     routes = AppRoutes()
     routes.replicas = {"LLMReplica-a100": {"a1"}, "LLMReplica-h100": {"h1", "h2"}}
@@ -219,6 +219,7 @@ def test_live_actor_moves_the_replica_between_gpu_types(fleet_app):
         assert rec["decision"]["counts"] == {"a100": 0, "h100": 1}, rec["reason"]
         # make before break: the A100 stays until the H100 runs
         assert rec["published"]["counts"] == {"a100": 1, "h100": 1}, rec["published"]
+        assert rec["published"]["planned"] == {"a100": 0, "h100": 1}
         assert control_plane.read_plan_counts("greencache")["a100"] == 1 or _running()["h100"] == 1
         _wait(lambda: _running()["h100"] == 1, 240, "the H100 replica to run")
         t_made = time.monotonic()
@@ -243,7 +244,7 @@ def test_live_actor_moves_the_replica_between_gpu_types(fleet_app):
     assert before and set(before) == {"a100"}
     assert results[-1][2] == "h100" and results[-2][2] == "h100"
     # requests kept flowing during the move: no request waited for the new engine to start
-    assert max(s for *_, s in results) < 30, max(s for *_, s in results)
+    assert max(s for *_, s in results) < 5, max(s for *_, s in results)
     # the decision log and the ledger price the types apart: the A100 charged no embodied carbon
     per_type = rec["predicted"]["per_type"]
     assert per_type["a100"]["embodied_scale"] == 0.0 and per_type["h100"]["embodied_scale"] == 1.0
