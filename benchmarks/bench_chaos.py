@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
-import hmac
 import json
 import os
 import shutil
@@ -310,7 +309,7 @@ class Rig:
 def damage(value: bytes, how: str) -> bytes:
     """A damaged copy of a stored chunk: a flipped byte, a cut, or a forgery (payload changed,
     MAC recomputed with a guessed key: well-formed, passes every check but the MAC)."""
-    from cache_store.format import MAC_BYTES, PREFIX_BYTES
+    from cache_store.format import MAC_BYTES, PREFIX_BYTES, chunk_mac
 
     if how == "corrupt":
         b = bytearray(value)
@@ -323,8 +322,8 @@ def damage(value: bytes, how: str) -> bytes:
     body_at = PREFIX_BYTES + MAC_BYTES
     shape = value[body_at:body_at + 4 * ndim]
     payload = bytes(b ^ 0x55 for b in value[body_at + 4 * ndim:])
-    mac = hmac.new(b"an attacker's guess at the key!!", value[:PREFIX_BYTES] + shape + payload, "sha256").digest()
-    return value[:PREFIX_BYTES] + mac[:MAC_BYTES] + shape + payload
+    mac = chunk_mac(b"an attacker's guess at the key!!", value[:PREFIX_BYTES], shape, payload)
+    return value[:PREFIX_BYTES] + mac + shape + payload
 
 
 FILLER = """

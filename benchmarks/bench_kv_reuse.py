@@ -29,11 +29,12 @@ def _prompt(seed: int, n: int, vocab: int) -> list[int]:
     return [r.randrange(10, vocab) for _ in range(n)]
 
 
-def _cold_then_hit(eng, seed: int, args, vocab: int, label: str) -> tuple[float, float, float]:
+def _cold_then_hit(eng, seed: int, args, vocab: int, label: str) -> tuple[float, float, float, dict]:
     """After a warm-up prompt, each of `args.prompts` fresh prompts twice: median TTFT cold,
-    median TTFT again (its prefix now cached), median cached tokens on the second run."""
+    median TTFT again (its prefix now cached), median cached tokens on the second run, and the
+    median seconds of each connector stage in the second run (`_stages`)."""
     eng.timed_generate(_prompt(seed - 1, args.prompt_tokens, vocab))  # warm-up
-    cold, hit, cached = [], [], []
+    cold, hit, cached, stages = [], [], [], []
     for i in range(args.prompts):
         pr = _prompt(seed + i, args.prompt_tokens, vocab)
         c, _ = eng.timed_generate(pr)
@@ -41,9 +42,22 @@ def _cold_then_hit(eng, seed: int, args, vocab: int, label: str) -> tuple[float,
         cold.append(c)
         hit.append(h)
         cached.append(out["num_cached_tokens"])
-        print(f"[kv-reuse] {label}: cold {c:.3f}s hit {h:.3f}s cached {out['num_cached_tokens']}",
-              file=sys.stderr, flush=True)
-    return statistics.median(cold), statistics.median(hit), statistics.median(cached)
+        stages.append({**out["stages"], "ttft_s": h})
+        print(f"[kv-reuse] {label}: cold {c:.3f}s hit {h:.3f}s cached {out['num_cached_tokens']} "
+              + " ".join(f"{k} {v * 1000:.1f}ms" for k, v in out["stages"].items()), file=sys.stderr, flush=True)
+    return statistics.median(cold), statistics.median(hit), statistics.median(cached), _stages(stages)
+
+
+def _stages(runs: list[dict]) -> dict:
+    """Where a hit's TTFT goes, median over the hits: the connector's stages (lookup in the
+    scheduler; read, verify, copy in the worker) and the rest (the engine's step: prefill of the
+    uncached tail, sampling, scheduling)."""
+    if not runs or len(runs[0]) <= 1:
+        return {}
+    keys = [k for k in runs[0] if k != "ttft_s"]
+    out = {k: statistics.median(r[k] for r in runs) for k in keys}
+    out["engine_and_rest_s"] = statistics.median(r["ttft_s"] - sum(r[k] for k in keys) for r in runs)
+    return out
 
 
 def _engine_hit(model: str, args, vocab: int) -> dict:
@@ -52,7 +66,7 @@ def _engine_hit(model: str, args, vocab: int) -> dict:
 
     eng = KVEngine(model, None, max_model_len=max(8192, args.prompt_tokens + 64))
     try:
-        cold, hit, cached = _cold_then_hit(eng, 900, args, vocab, "engine prefix cache")
+        cold, hit, cached, _ = _cold_then_hit(eng, 900, args, vocab, "engine prefix cache")
     finally:
         eng.close()
     return {"ttft_engine_cold_s": cold, "ttft_engine_hit_s": hit, "engine_cached_tokens": cached}
@@ -65,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-tokens", type=int, default=4000)
     p.add_argument("--prompts", type=int, default=3)
     p.add_argument("--tiers", default="disk,redis")
+    p.add_argument("--chunk-tokens", type=int, default=None, help="the store's chunk size (default: KVStoreConfig's)")
     p.add_argument("--no-engine-reference", action="store_true", help="skip the engine-only prefix-cache run")
     args = p.parse_args(argv)
 
@@ -76,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from deployments.demo_model import resolve_model
 
     model = args.model or resolve_model(ServeConfig())[0]
+    chunk_tokens = args.chunk_tokens or ServeConfig().kv_store.chunk_tokens
     vocab = len(AutoTokenizer.from_pretrained(model))
     work = Path(tempfile.mkdtemp(prefix="gc-kv-reuse-"))
     results = {}
@@ -90,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                 tiers = [{"kind": "redis", "url": redis.url, "capacity_bytes": 8 << 30}]
             else:
                 raise SystemExit(f"unknown tier {tier!r}")
-            eng = KVEngine(model, {"chunk_tokens": 256, "tiers": tiers}, max_model_len=max(8192, args.prompt_tokens + 64))
+            eng = KVEngine(model, {"chunk_tokens": chunk_tokens, "tiers": tiers}, max_model_len=max(8192, args.prompt_tokens + 64))
             try:
-                cold, hit, cached = _cold_then_hit(eng, 1000 * (ti + 1), args, vocab, tier)
+                cold, hit, cached, stages = _cold_then_hit(eng, 1000 * (ti + 1), args, vocab, tier)
                 pr = _prompt(5000 + ti, args.prompt_tokens, vocab)
                 ref = eng.generate([pr], max_tokens=16)[0]
                 again = eng.generate([pr], max_tokens=16)[0]
@@ -105,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 "speedup": cold / hit,
                 "cached_tokens": cached,
                 "outputs_identical": ref["token_ids"] == again["token_ids"] and again["num_cached_tokens"] > 0,
+                "hit_stages_s": stages,
                 "loaded_chunks": st["loaded_chunks"],
                 "failed_chunks": st["failed_chunks"],
             }
@@ -116,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     out = {
         "prompt_tokens": args.prompt_tokens,
+        "chunk_tokens": chunk_tokens,
         "model": model,
         "ttft_cold_s": statistics.median(r["ttft_cold_s"] for r in results.values()),
         "ttft_hit_s": {t: r["ttft_hit_s"] for t, r in results.items()},
@@ -139,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
                      f"{engine['engine_cached_tokens']:.0f}", "-", "1.00x"))
     w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print("\n".join("  ".join(x.ljust(k) for x, k in zip(r, w)) for r in rows), file=sys.stderr)
+    for t, r in results.items():
+        if r["hit_stages_s"]:
+            print(f"{t} hit, where the time goes (median ms): "
+                  + ", ".join(f"{k[:-2]} {v * 1000:.1f}" for k, v in r["hit_stages_s"].items()), file=sys.stderr)
     if args.json:
         print(json.dumps(out, indent=2))
     return 0

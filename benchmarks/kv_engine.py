@@ -56,9 +56,10 @@ class KVEngine:
         return self._call({"op": "generate", "prompts": prompts, "max_tokens": max_tokens})["outputs"]
 
     def timed_generate(self, prompt: list[int], max_tokens: int = 1) -> tuple[float, dict]:
-        """Wall seconds for one request (with max_tokens=1: time to first token) and its output."""
+        """Wall seconds for one request (with max_tokens=1: time to first token) and its output,
+        with `stages`: the seconds the connector spent per load stage in it (empty without one)."""
         out = self._call({"op": "timed", "prompt": prompt, "max_tokens": max_tokens})
-        return out["seconds"], out["output"]
+        return out["seconds"], {**out["output"], "stages": out.get("stages", {})}
 
     def stats(self) -> dict:
         """Worker-side connector stats (loads, saves, failures, store tiers)."""
@@ -92,6 +93,14 @@ def _serve(args: dict) -> None:
               kv_transfer_config=kv_transfer_config(spec) if spec is not None else None)
     from cache_store import connector
 
+    def stage_seconds() -> dict:
+        """The connectors' load-stage timers (scheduler and worker, both in this process)."""
+        out: dict = {}
+        for c in connector.instances():
+            for k, v in c.timing().items():
+                out[k] = out.get(k, 0.0) + v
+        return out
+
     def reply(obj):
         sys.stdout.write(MARK + json.dumps(obj) + "\n")
         sys.stdout.flush()
@@ -115,12 +124,14 @@ def _serve(args: dict) -> None:
                 } for o in outs]})
             elif msg["op"] == "timed":
                 sp = SamplingParams(max_tokens=msg["max_tokens"], temperature=0, ignore_eos=True)
+                before = stage_seconds()
                 t0 = time.perf_counter()
                 o = llm.generate([{"prompt_token_ids": msg["prompt"]}], sp, use_tqdm=False)[0]
                 seconds = time.perf_counter() - t0
+                stages = {k: v - before.get(k, 0.0) for k, v in stage_seconds().items()}
                 time.sleep(0.3)  # let the background writer flush saves before the next call
-                reply({"seconds": seconds, "output": {"token_ids": list(o.outputs[0].token_ids),
-                                                      "num_cached_tokens": o.num_cached_tokens}})
+                reply({"seconds": seconds, "stages": stages, "output": {
+                    "token_ids": list(o.outputs[0].token_ids), "num_cached_tokens": o.num_cached_tokens}})
             elif msg["op"] == "stats":
                 workers = [c for c in connector.instances() if c._role.name == "WORKER"]
                 reply(workers[0].connector_stats() if workers else {})

@@ -24,7 +24,9 @@ class KVStoreConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(True, description="Attach the GreenCache KV connector to every engine.")
-    chunk_tokens: int = Field(256, ge=16, description="Tokens per stored chunk (a multiple of vLLM's block size).")
+    chunk_tokens: int = Field(128, ge=16, description="Tokens per stored chunk (a multiple of vLLM's block size). A hit "
+                              "covers whole chunks, so the prompt's last partial chunk is always prefilled: 128 "
+                              "(vLLM's CPU block) measured 11 ms of engine time after a 4k-token hit where 256 took 17.")
     memory_capacity_bytes: int = Field(0, ge=0, description="Per-engine-process DRAM tier (bytes); 0 = no memory tier.")
     disk_path: Optional[Path] = Field(None, description="Disk (NVMe) tier directory, the same on every node; default: "
                                       "each node's GREENCACHE_KV_DISK_PATH, else <home>/kv-disk.")

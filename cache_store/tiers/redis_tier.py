@@ -82,11 +82,14 @@ class RedisTier:
         password = read_password(password_file, password_env)
         if password is not None:
             kwargs["password"] = password
-        def connect(timeout_s: float):
-            return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **kwargs)
+        def connect(timeout_s: float, **more):
+            return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **kwargs,
+                                        **more)
 
         self.client = connect(socket_timeout_s)  # writes and evictions (background threads)
-        self.reader = connect(read_timeout_s)  # chunk reads and deletes (the forward pass)
+        # chunk reads and deletes (the forward pass): chunks are large, and reading the socket
+        # 1 MiB at a time instead of redis-py's 64 KiB halved a 7.75 MiB MGET (3.0 → 1.6 ms)
+        self.reader = connect(read_timeout_s, socket_read_size=1 << 20)
         self.probe = connect(lookup_timeout_s)  # existence checks (the scheduler), pings
         self.s = TierStats()
         self._down_until = 0.0  # 0: breaker closed; else open, and the monitor's next ping is due then
