@@ -164,7 +164,7 @@ class GreenCacheConnector(KVConnectorBase_V1):
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
         extra = dict(self._kv_transfer_config.kv_connector_extra_config or {})
         self.block_size = vllm_config.cache_config.block_size
-        self.chunk_tokens = int(extra.get("chunk_tokens", 256))
+        self.chunk_tokens = int(extra.get("chunk_tokens", 128))
         if self.chunk_tokens % self.block_size:
             raise ValueError(
                 f"chunk_tokens ({self.chunk_tokens}) must be a multiple of vLLM's block size "

@@ -180,12 +180,12 @@ def build_store(spec: dict) -> KVStore:
                        tier: follow the node's), "path": DIR (disk), "url": URL (redis),
                        "password_file"/"password_env": where the Redis password is (redis),
                        "eviction": "lru"|"cost-aware"}],
-            "chunk_tokens": 256, "access_sample_rate": 0.25}
+            "chunk_tokens": 128, "access_sample_rate": 0.25}
     """
     from cache_store.eviction import make_policy
     from cache_store.tiers import DiskTier, MemoryTier, RedisTier
 
-    chunk_tokens = spec.get("chunk_tokens", 256)
+    chunk_tokens = spec.get("chunk_tokens", 128)
     tiers = []
     for t in spec.get("tiers", []):
         kind = t["kind"]
