@@ -61,7 +61,7 @@ import httpx
 from benchmarks.loadgen import percentile, random_token_prompts, stream_completion
 
 MODEL = "demo"
-CHUNK = 256
+CHUNK = 256  # the deployment's store chunk (set in its KVStoreConfig below), to find a prompt's chunk keys
 API_VALUE = 123.0  # what the fake carbon API answers; the bundled FR trace never has exactly this
 STORE_FAULTS = ("redis-kill", "redis-stop", "disk-corrupt", "disk-truncate", "disk-forged", "redis-corrupt",
                 "redis-truncate", "redis-forged", "disk-full")
@@ -227,7 +227,7 @@ class Rig:
             max_model_len=1024, routing=RoutingConfig(prefix_affinity=False),
             engine_kwargs={"enable_prefix_caching": False},
             kv_store=KVStoreConfig(redis_url=self.redis.url, redis_password_file=self.redis.password_file,
-                                   disk_path=disk, disk_capacity_bytes=int(disk_gb * 1e9)),
+                                   disk_path=disk, disk_capacity_bytes=int(disk_gb * 1e9), chunk_tokens=CHUNK),
             autoscaler=AutoscalerConfig(
                 min_replicas=2, max_replicas=2, capacities_gb=[disk_gb], interval_s=1.0,
                 carbon_api=CarbonAPIConfig(provider="electricitymaps", zone="FR", base_url=api.url, timeout_s=1.0,
