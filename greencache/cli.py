@@ -246,12 +246,23 @@ def cmd_status(args: argparse.Namespace) -> int:
         "load_rps": rec["inputs"]["load_rps"],
         "carbon_so_far_g": rec["carbon_so_far_g"], "cycle": rec["cycle"], "reason": rec["reason"],
     }
+    if rec["decision"].get("counts") is not None:  # a mixed fleet: the plan per GPU type, and the step towards it
+        published = rec.get("published") or {}
+        out["replicas_by_gpu_type"] = rec["decision"]["counts"]
+        out["published_by_gpu_type"] = published.get("counts")
+        out["running_by_gpu_type"] = published.get("running")
     if args.json:
         print(json.dumps(out, indent=2))
     else:
         c = out["carbon_so_far_g"]
         print(f"grid {out['grid']} at {out['trace_time']}: {out['carbon_intensity_g_per_kwh']:.1f} gCO2/kWh")
         print(f"replicas {out['replicas']}, disk cache {out['cache_capacity_gb']:g} GB, load {out['load_rps']:.2f} req/s")
+        if "replicas_by_gpu_type" in out:
+            def by_type(d):
+                return ", ".join(f"{t} {n}" for t, n in d.items()) if d else "unknown"
+
+            print(f"planned per GPU type: {by_type(out['replicas_by_gpu_type'])}; published: "
+                  f"{by_type(out['published_by_gpu_type'])}; running: {by_type(out['running_by_gpu_type'])}")
         print(f"carbon so far: {c['operational']:.1f} g operational + {c['embodied']:.1f} g embodied "
               f"(cycle {out['cycle']}; {out['reason']})")
     return 0

@@ -164,7 +164,7 @@ def fleet_app(demo_model, tmp_path_factory):
     home = tmp_path_factory.mktemp("fleet-home")
     url = start_serve(_config(demo_model, home))
     try:
-        yield url, autoscaler_handle()
+        yield url, autoscaler_handle(), home
     finally:
         stop_all()
         release_ray("fleet-live")
@@ -194,10 +194,10 @@ class Client(threading.Thread):
                 time.sleep(0.2)
 
 
-def test_live_actor_moves_the_replica_between_gpu_types(fleet_app):
+def test_live_actor_moves_the_replica_between_gpu_types(fleet_app, capsys):
     from autoscaler import control_plane
 
-    url, actor = fleet_app
+    url, actor, home = fleet_app
     # The fleet is declared as Ray resources, and each type's deployment asks for its own.
     assert ray.cluster_resources().get("gpu_a100") == 1 and ray.cluster_resources().get("gpu_h100") == 1
 
@@ -226,6 +226,16 @@ def test_live_actor_moves_the_replica_between_gpu_types(fleet_app):
         _wait(lambda: _running() == {"a100": 0, "h100": 1}, 120, "the A100 replica to go")
         t_broken = time.monotonic()
         assert control_plane.read_plan_counts("greencache") == {"a100": 0, "h100": 1}
+        # the operator's view, from the head's files
+        import json
+
+        from greencache import cli
+
+        capsys.readouterr()
+        assert cli.main(["status", "--home", str(home), "--json"]) == 0
+        st = json.loads(capsys.readouterr().out)
+        assert st["replicas_by_gpu_type"] == {"a100": 0, "h100": 1}
+        assert st["published_by_gpu_type"] == {"a100": 0, "h100": 1}
         n_done = len(client.results)
         _wait(lambda: len(client.results) >= n_done + 3, 60, "requests served after the move")
     finally:
