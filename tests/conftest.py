@@ -11,6 +11,7 @@ whatever held it; the shared server starts again, lazily, when a later test asks
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,19 @@ class Server:
     api_key: str
     max_model_len: int
     max_body_bytes: int
+
+
+def wait_until(pred, timeout_s: float, what: str, every_s: float = 1.0):
+    """`pred()`'s first truthy value, polling every `every_s`; an AssertionError naming `what`
+    (and the last value seen) after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
 
 
 _ray_holder: dict = {"name": None, "stop": None}

@@ -11,18 +11,7 @@ import pytest
 import ray
 from ray import serve
 
-from conftest import free_port, hold_ray, release_ray
-
-
-def _wait(pred, timeout_s: float, what: str, every_s: float = 1.0):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
+from conftest import free_port, hold_ray, release_ray, wait_until
 
 
 def _call(handle_method, *args, timeout_s: float = 60, **kw):
@@ -73,7 +62,7 @@ def test_plans_are_logged_and_followed(live):
     url, actor, home = live
     from autoscaler import control_plane
 
-    _wait(lambda: _call(actor.status)["cycles"] >= 2, 30, "two planning cycles")
+    wait_until(lambda: _call(actor.status)["cycles"] >= 2, 30, "two planning cycles")
     lines = (home / "autoscaler" / "decisions.jsonl").read_text().splitlines()
     rec = json.loads(lines[-1])
     for key in ("inputs", "plan", "predicted", "decision", "reason", "carbon_so_far_g"):
@@ -103,7 +92,7 @@ def test_the_live_observation_carries_token_mix_and_latencies(live):
         obs = [r["observation"] for r in recs if r.get("time", 0) > t0 and "observation" in r]
         return [o for o in obs if o["mean_prompt_tokens"] is not None] or None
 
-    seen = _wait(observations, 30, "a cycle that saw finished requests")
+    seen = wait_until(observations, 30, "a cycle that saw finished requests")
     for obs in seen:
         assert 200 <= obs["mean_prompt_tokens"] <= 600  # the prompts' lengths, not a default
         assert obs["mean_output_tokens"] == pytest.approx(12)
@@ -117,10 +106,10 @@ def test_load_scales_out_to_two_replicas_and_back(live):
     rec = _call(actor.step)
     assert rec["decision"]["replicas"] == 2
     assert "SLO not attainable" in rec["reason"]  # 50 req/s needs more than max_replicas=2
-    _wait(lambda: _running_replicas() == 2, 180, "Serve to run 2 replicas")
+    wait_until(lambda: _running_replicas() == 2, 180, "Serve to run 2 replicas")
     _call(actor.set_overrides, load_rps=0.0)
     assert _call(actor.step)["decision"]["replicas"] == 1
-    _wait(lambda: _running_replicas() == 1, 120, "Serve to scale back to 1 replica")
+    wait_until(lambda: _running_replicas() == 1, 120, "Serve to scale back to 1 replica")
 
 
 def test_carbon_intensity_resizes_the_store(live):
@@ -138,7 +127,7 @@ def test_carbon_intensity_resizes_the_store(live):
     want = int(dirty * 1e9)
     assert control_plane.read_capacities("greencache") == {"disk": want}
     # every replica applies it to its node's disk tier, whose engines report it back
-    _wait(lambda: _disk_caps(hub) == {want}, 30, f"engines' disk tier capacity {want}")
+    wait_until(lambda: _disk_caps(hub) == {want}, 30, f"engines' disk tier capacity {want}")
     _call(actor.set_overrides, load_rps=None, intensity_g_per_kwh=None)
 
 
@@ -154,7 +143,7 @@ def test_actor_restarts_and_resumes(live):
     """Serve replaces a killed autoscaler; the new one continues from the last decision it
     recorded: the next cycle number, the trace clock one step on, the carbon totals carried."""
     url, actor, home = live
-    _wait(lambda: _call(actor.status)["cycles"] >= 1, 30, "a planning cycle")
+    wait_until(lambda: _call(actor.status)["cycles"] >= 1, 30, "a planning cycle")
     ray.kill(_autoscaler_actor(), no_restart=True)
     killed_at = time.time()
     last = json.loads((home / "autoscaler" / "last.json").read_text())  # what the restarted actor reads
@@ -166,7 +155,7 @@ def test_actor_restarts_and_resumes(live):
                 return rec
         return None
 
-    rec = _wait(first_record_after_restart, 90, "the replaced autoscaler to plan again")
+    rec = wait_until(first_record_after_restart, 90, "the replaced autoscaler to plan again")
     assert rec["cycle"] == last["cycle"] + 1
     step = datetime.fromisoformat(rec["trace_time"]) - datetime.fromisoformat(last["trace_time"])
     assert step == timedelta(hours=1)  # trace_hours_per_interval=1: the clock went on, not back to the start

@@ -17,21 +17,14 @@ import pytest
 import ray
 from ray import serve
 
-from conftest import free_port, hold_ray, release_ray
+from conftest import free_port, hold_ray, release_ray, wait_until
 
 CHUNK = 256
 CAPACITY_OPTIONS_GB = [0.0, 0.004]  # 4 MB: eight 512 KiB chunks of the demo model
 
 
 def _wait(pred, timeout_s: float, what: str, every_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
+    return wait_until(pred, timeout_s, what, every_s)
 
 
 def _prompt(seed: int, n: int) -> list[int]:

@@ -14,23 +14,12 @@ import pytest
 import ray
 from ray import serve
 
-from conftest import free_port, hold_ray, release_ray
+from conftest import free_port, hold_ray, release_ray, wait_until
 
 FLEET = "a100:1:reuse,h100:1"  # A100s past their lifetime (embodied paid for) and fresh H100s
 LOAD_RPS = 1.5  # the load the plan is told to serve (the flip's precondition is checked offline below)
 CLEAN, DIRTY = 20.0, 600.0  # g/kWh
 PROMPT, OUTPUT = 2048, 256  # the token mix the plan prices (the autoscaler's defaults)
-
-
-def _wait(pred, timeout_s: float, what: str, every_s: float = 1.0):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
 
 
 def _running() -> dict[str, int]:
@@ -207,12 +196,12 @@ def test_live_actor_moves_the_replica_between_gpu_types(fleet_app, capsys):
                                output_tokens=OUTPUT).result(timeout_s=30)
     rec = actor.step.remote().result(timeout_s=60)
     assert rec["decision"]["counts"] == {"a100": 1, "h100": 0}
-    _wait(lambda: _running() == {"a100": 1, "h100": 0}, 120, "one A100 replica and no H100")
+    wait_until(lambda: _running() == {"a100": 1, "h100": 0}, 120, "one A100 replica and no H100")
 
     client = Client(url)
     client.start()
     try:
-        _wait(lambda: len(client.results) >= 3, 60, "requests served on the A100 replica")
+        wait_until(lambda: len(client.results) >= 3, 60, "requests served on the A100 replica")
         actor.set_overrides.remote(intensity_g_per_kwh=DIRTY).result(timeout_s=30)
         rec = actor.step.remote().result(timeout_s=60)
         t_flip = time.monotonic()
@@ -221,9 +210,9 @@ def test_live_actor_moves_the_replica_between_gpu_types(fleet_app, capsys):
         assert rec["published"]["counts"] == {"a100": 1, "h100": 1}, rec["published"]
         assert rec["published"]["planned"] == {"a100": 0, "h100": 1}
         assert control_plane.read_plan_counts("greencache")["a100"] == 1 or _running()["h100"] == 1
-        _wait(lambda: _running()["h100"] == 1, 240, "the H100 replica to run")
+        wait_until(lambda: _running()["h100"] == 1, 240, "the H100 replica to run")
         t_made = time.monotonic()
-        _wait(lambda: _running() == {"a100": 0, "h100": 1}, 120, "the A100 replica to go")
+        wait_until(lambda: _running() == {"a100": 0, "h100": 1}, 120, "the A100 replica to go")
         t_broken = time.monotonic()
         assert control_plane.read_plan_counts("greencache") == {"a100": 0, "h100": 1}
         # the operator's view, from the head's files
@@ -237,7 +226,7 @@ def test_live_actor_moves_the_replica_between_gpu_types(fleet_app, capsys):
         assert st["replicas_by_gpu_type"] == {"a100": 0, "h100": 1}
         assert st["published_by_gpu_type"] == {"a100": 0, "h100": 1}
         n_done = len(client.results)
-        _wait(lambda: len(client.results) >= n_done + 3, 60, "requests served after the move")
+        wait_until(lambda: len(client.results) >= n_done + 3, 60, "requests served after the move")
     finally:
         client.stop.set()
         client.join(timeout=130)
