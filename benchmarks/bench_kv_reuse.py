@@ -1,15 +1,17 @@
 """`greencache bench kv-reuse`: TTFT of a long prompt, cold vs loaded from each store tier.
 
-For each tier (disk, Redis) a fresh engine with only that tier (vLLM's own prefix cache off,
-so reuse goes through the store): a warm-up prompt, then for each of `--prompts` fresh
-~`--prompt-tokens`-token prompts, TTFT cold (max_tokens=1, the chunks get saved) and TTFT again
-(chunks loaded from the tier). Reported per tier: median cold and hit TTFT and the speedup, and
-whether a 16-token greedy continuation after a hit equals the cold one. Target: speedup >= 3x.
+One engine per system, all started first: per tier (disk, Redis) a fresh engine with only that
+tier (vLLM's own prefix cache off, so reuse goes through the store), and the reference, an
+engine with vLLM's own in-memory prefix cache and no connector. After a warm-up prompt each,
+the same `--prompts` fresh ~`--prompt-tokens`-token prompts go to every system in turn (the
+order rotating per prompt), each twice: TTFT cold (max_tokens=1; a tier's engine saves the
+chunks) and TTFT again (a tier's engine loads them; the reference finds the KV still in its
+memory: `ttft_engine_hit_s`, the limit a store hit is held against). Interleaved so that the
+machine's drift over the run (large on a small shared machine) falls on every system alike.
 
-The limit a store hit is held against: the same prompts on an engine with vLLM's own in-memory
-prefix cache and no connector, cold and again (`ttft_engine_hit_s`: the KV is already in the
-engine's memory, nothing to load). Each tier's `hit_vs_engine_ratio` is its hit TTFT over that;
-target <= 1.5.
+Reported per tier: median cold and hit TTFT, the speedup (target >= 3x), where a hit's time
+goes (`hit_stages_s`), whether a 16-token greedy continuation after a hit equals the cold one,
+and `hit_vs_engine_ratio`, the median hit TTFT over the reference's (target <= 1.5).
 """
 
 from __future__ import annotations
@@ -29,23 +31,12 @@ def _prompt(seed: int, n: int, vocab: int) -> list[int]:
     return [r.randrange(10, vocab) for _ in range(n)]
 
 
-def _cold_then_hit(eng, seed: int, args, vocab: int, label: str) -> tuple[float, float, float, dict]:
-    """After a warm-up prompt, each of `args.prompts` fresh prompts twice: median TTFT cold,
-    median TTFT again (its prefix now cached), median cached tokens on the second run, and the
-    median seconds of each connector stage in the second run (`_stages`)."""
-    eng.timed_generate(_prompt(seed - 1, args.prompt_tokens, vocab))  # warm-up
-    cold, hit, cached, stages = [], [], [], []
-    for i in range(args.prompts):
-        pr = _prompt(seed + i, args.prompt_tokens, vocab)
-        c, _ = eng.timed_generate(pr)
-        h, out = eng.timed_generate(pr)
-        cold.append(c)
-        hit.append(h)
-        cached.append(out["num_cached_tokens"])
-        stages.append({**out["stages"], "ttft_s": h})
-        print(f"[kv-reuse] {label}: cold {c:.3f}s hit {h:.3f}s cached {out['num_cached_tokens']} "
-              + " ".join(f"{k} {v * 1000:.1f}ms" for k, v in out["stages"].items()), file=sys.stderr, flush=True)
-    return statistics.median(cold), statistics.median(hit), statistics.median(cached), _stages(stages)
+def _cold_then_hit(eng, pr: list[int]) -> tuple[float, float, int, dict]:
+    """TTFT of `pr` cold, TTFT again, the cached tokens in the second run and its connector
+    stages (seconds; empty without a connector)."""
+    c, _ = eng.timed_generate(pr)
+    h, out = eng.timed_generate(pr)
+    return c, h, out["num_cached_tokens"], {**out["stages"], "ttft_s": h} if out["stages"] else {}
 
 
 def _stages(runs: list[dict]) -> dict:
@@ -60,24 +51,12 @@ def _stages(runs: list[dict]) -> dict:
     return out
 
 
-def _engine_hit(model: str, args, vocab: int) -> dict:
-    """vLLM's own prefix cache, no connector: TTFT cold and with the prompt's KV in memory."""
-    from benchmarks.kv_engine import KVEngine
-
-    eng = KVEngine(model, None, max_model_len=max(8192, args.prompt_tokens + 64))
-    try:
-        cold, hit, cached, _ = _cold_then_hit(eng, 900, args, vocab, "engine prefix cache")
-    finally:
-        eng.close()
-    return {"ttft_engine_cold_s": cold, "ttft_engine_hit_s": hit, "engine_cached_tokens": cached}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="greencache bench kv-reuse", description=__doc__)
     p.add_argument("--json", action="store_true")
     p.add_argument("--model", default=None, help="model directory (default: the demo model)")
     p.add_argument("--prompt-tokens", type=int, default=4000)
-    p.add_argument("--prompts", type=int, default=3)
+    p.add_argument("--prompts", type=int, default=7)
     p.add_argument("--tiers", default="disk,redis")
     p.add_argument("--chunk-tokens", type=int, default=None, help="the store's chunk size (default: KVStoreConfig's)")
     p.add_argument("--no-engine-reference", action="store_true", help="skip the engine-only prefix-cache run")
@@ -93,41 +72,63 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or resolve_model(ServeConfig())[0]
     chunk_tokens = args.chunk_tokens or ServeConfig().kv_store.chunk_tokens
     vocab = len(AutoTokenizer.from_pretrained(model))
+    max_len = max(8192, args.prompt_tokens + 64)
     work = Path(tempfile.mkdtemp(prefix="gc-kv-reuse-"))
-    results = {}
+    tiers = args.tiers.split(",")
     redis = None
-    engine = None if args.no_engine_reference else _engine_hit(model, args, vocab)
+    engines: dict = {}
     try:
-        for ti, tier in enumerate(args.tiers.split(",")):
+        if not args.no_engine_reference:
+            engines["engine"] = KVEngine(model, None, max_model_len=max_len)
+        for tier in tiers:
             if tier == "disk":
-                tiers = [{"kind": "disk", "path": str(work / "disk"), "capacity_bytes": 8 << 30}]
+                spec = [{"kind": "disk", "path": str(work / "disk"), "capacity_bytes": 8 << 30}]
             elif tier == "redis":
                 redis = redis or RedisServer()
-                tiers = [{"kind": "redis", "url": redis.url, "capacity_bytes": 8 << 30}]
+                spec = [{"kind": "redis", "url": redis.url, "capacity_bytes": 8 << 30}]
             else:
                 raise SystemExit(f"unknown tier {tier!r}")
-            eng = KVEngine(model, {"chunk_tokens": chunk_tokens, "tiers": tiers}, max_model_len=max(8192, args.prompt_tokens + 64))
-            try:
-                cold, hit, cached, stages = _cold_then_hit(eng, 1000 * (ti + 1), args, vocab, tier)
-                pr = _prompt(5000 + ti, args.prompt_tokens, vocab)
-                ref = eng.generate([pr], max_tokens=16)[0]
-                again = eng.generate([pr], max_tokens=16)[0]
-                st = eng.stats()
-            finally:
-                eng.close()
+            engines[tier] = KVEngine(model, {"chunk_tokens": chunk_tokens, "tiers": spec}, max_model_len=max_len)
+        for eng in engines.values():
+            eng.timed_generate(_prompt(999, args.prompt_tokens, vocab))  # warm-up
+        runs: dict = {name: [] for name in engines}
+        names = list(engines)
+        for i in range(args.prompts):
+            pr = _prompt(1000 + i, args.prompt_tokens, vocab)
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                runs[name].append(_cold_then_hit(engines[name], pr))
+                c, h, cached, st = runs[name][-1]
+                print(f"[kv-reuse] {name}: cold {c:.3f}s hit {h:.3f}s cached {cached} "
+                      + " ".join(f"{k} {v * 1000:.1f}ms" for k, v in st.items() if k != "ttft_s"),
+                      file=sys.stderr, flush=True)
+        results = {}
+        for ti, tier in enumerate(tiers):
+            eng = engines[tier]
+            pr = _prompt(5000 + ti, args.prompt_tokens, vocab)
+            ref = eng.generate([pr], max_tokens=16)[0]
+            again = eng.generate([pr], max_tokens=16)[0]
+            st = eng.stats()
+            cold, hit = (statistics.median(r[k] for r in runs[tier]) for k in (0, 1))
             results[tier] = {
                 "ttft_cold_s": cold,
                 "ttft_hit_s": hit,
                 "speedup": cold / hit,
-                "cached_tokens": cached,
+                "cached_tokens": statistics.median(r[2] for r in runs[tier]),
                 "outputs_identical": ref["token_ids"] == again["token_ids"] and again["num_cached_tokens"] > 0,
-                "hit_stages_s": stages,
+                "hit_stages_s": _stages([r[3] for r in runs[tier]]),
                 "loaded_chunks": st["loaded_chunks"],
                 "failed_chunks": st["failed_chunks"],
             }
-            if engine is not None:
-                results[tier]["hit_vs_engine_ratio"] = results[tier]["ttft_hit_s"] / engine["ttft_engine_hit_s"]
+        engine = None
+        if "engine" in runs:
+            engine = {"ttft_engine_cold_s": statistics.median(r[0] for r in runs["engine"]),
+                      "ttft_engine_hit_s": statistics.median(r[1] for r in runs["engine"]),
+                      "engine_cached_tokens": statistics.median(r[2] for r in runs["engine"])}
+            for r in results.values():
+                r["hit_vs_engine_ratio"] = r["ttft_hit_s"] / engine["ttft_engine_hit_s"]
     finally:
+        for eng in engines.values():
+            eng.close()
         if redis:
             redis.stop()
         shutil.rmtree(work, ignore_errors=True)

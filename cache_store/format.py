@@ -66,7 +66,7 @@ class Namespace:
     rank: int = 0
     weights: str = ""  # fingerprint of the weight files (keys.py: weights_fingerprint)
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
         spec = (
             f"v{FORMAT_VERSION}|{self.model}|W{self.weights}|{self.dtype}|L{self.num_layers}|H{self.num_kv_heads}|"
@@ -74,7 +74,7 @@ class Namespace:
         )
         return hashlib.blake2b(spec.encode(), digest_size=8).hexdigest()
 
-    @property
+    @functools.cached_property
     def digest(self) -> bytes:
         return bytes.fromhex(self.id).ljust(16, b"\0")
 

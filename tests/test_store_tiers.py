@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import redis
@@ -77,6 +78,30 @@ def test_shrinking_evicts_at_once(tier):
     assert sum(tier.contains_many([k for k, _, _ in items(10)])) == 3
     if isinstance(tier, DiskTier):
         assert _disk_bytes(tier.path) <= 30 * KB
+
+
+def test_a_read_chunk_outlives_older_ones_at_the_next_eviction(tier):
+    tier.put_many(items(10))
+    tier.get_many(["ns:0000", "ns:0001"])  # the oldest two, read: now the most recently used
+    tier.put_many(items(2, start=10))  # full: two must go
+    assert tier.contains_many(["ns:0000", "ns:0001", "ns:0002", "ns:0003"]) == [True, True, False, False]
+
+
+def test_disk_reads_reach_other_processes_within_the_touch_delay(tmp_path, monkeypatch):
+    """A process counts its hits in batches; another process's eviction sees them once the
+    batch is written (here: the delay passed and the next read wrote it)."""
+    from cache_store.tiers import disk
+
+    monkeypatch.setattr(disk, "TOUCH_DELAY_S", 0.2)
+    owner, reader = DiskTier(tmp_path / "d", 100 * KB), DiskTier(tmp_path / "d", None)
+    owner.put_many(items(10))
+    reader.get_many(["ns:0000"])
+    time.sleep(0.25)
+    reader.get_many(["ns:0001"])  # due: both reads are written now
+    owner.put_many(items(2, start=10))
+    assert owner.contains_many(["ns:0000", "ns:0001", "ns:0002", "ns:0003"]) == [True, True, False, False]
+    reader.close()
+    owner.close()
 
 
 def test_oversized_item_dropped(tier):
