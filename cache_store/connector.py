@@ -16,8 +16,8 @@ Scheduler side (EngineCore process):
     request_finished            forget the request.
 Worker side (model-runner process):
     start_load_kv               read, validate and copy each chunk into the paged KV cache.
-                                A missing, corrupt, truncated or foreign chunk is deleted from
-                                the store and its blocks are reported through
+                                A corrupt, truncated or foreign chunk is deleted from the
+                                store; its blocks, and a missing chunk's, are reported through
                                 `get_block_ids_with_load_errors`; vLLM then recomputes them
                                 (policy "recompute"), so a bad chunk costs time, never tokens.
     save_kv_layer               copy this step's chunks' blocks out of each layer.
