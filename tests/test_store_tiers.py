@@ -128,6 +128,16 @@ def test_disk_index_rebuilt_on_restart(tmp_path):
     assert t3.stats()["used_bytes"] <= 20 * KB
 
 
+def test_disk_row_whose_file_is_gone_is_forgotten_on_read(tmp_path):
+    t = DiskTier(tmp_path / "d", 100 * KB)
+    t.put_many(items(3))
+    os.unlink(tmp_path / "d" / "ns_0001.kv")  # removed underneath the running tier
+    assert t.get_many(["ns:0000", "ns:0001", "ns:0009"]) == [bytes([0]) * 10 * KB, None, None]
+    assert t.contains_many(["ns:0001"]) == [False]
+    assert t.stats()["used_bytes"] == 20 * KB and t.stats()["chunks"] == 2
+    t.close()
+
+
 def test_full_disk_does_not_crash(tmp_path):
     # A tiny tmpfs would need root; a read-only directory gives the same write failure.
     d = tmp_path / "ro"

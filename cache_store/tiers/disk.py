@@ -253,6 +253,8 @@ class DiskTier:
             self._pending_hits.extend(hits)
             due = len(self._pending_hits) >= TOUCH_BATCH or (
                 self._pending_hits and time.monotonic() - self._pending_since >= TOUCH_DELAY_S)
+        if missed:  # rows whose file is gone (removed by hand); most misses have no row
+            missed = [k for k, ok in zip(missed, self.contains_many(missed)) if ok]
         if missed or due:
             self._forget(missed)  # its transaction counts the pending hits
         self.s.get_s += time.perf_counter() - t0
