@@ -122,11 +122,15 @@ class PerfModel:
         """One decode step for `batch` sequences of `context` tokens each."""
         return self.d + self.e * batch + self.f * batch * context
 
+    def decode_s(self, prompt_tokens: float, output_tokens: float, batch: float = 16) -> float:
+        """A request's share of replica time while it decodes: `output_tokens` steps of a batch
+        of `batch` at its mean context (prompt plus half its output), split across the batch."""
+        return output_tokens * self.decode_step_s(batch, prompt_tokens + output_tokens / 2) / batch
+
     def work_s(self, prompt_tokens: float, output_tokens: float, hit_ratio: float, batch: float = 16,
                tier: str = "disk") -> float:
         load = self.load_s_per_token.get(tier, 0.0) * prompt_tokens * hit_ratio
-        step = self.decode_step_s(batch, prompt_tokens + output_tokens / 2)
-        return self.prefill_s(prompt_tokens * (1 - hit_ratio)) + load + output_tokens * step / batch
+        return self.prefill_s(prompt_tokens * (1 - hit_ratio)) + load + self.decode_s(prompt_tokens, output_tokens, batch)
 
     def predict(self, arrival_rps: float, replicas: int, prompt_tokens: float, output_tokens: float,
                 hit_ratio: float, batch: float = 16, tier: str = "disk") -> dict:

@@ -351,7 +351,7 @@ class FleetPlannerPolicy(PlannerPolicy):
         w = np.array(split) if sum(split) > 0 else np.array([counts[n] for n in names], dtype=float)
         w = w / w.sum() if w.sum() > 0 else np.full(len(names), 1.0 / len(names))
         prefill_s = float(sum(wi * p.prefill_s(prompt) for wi, p in zip(w, self.perfs)))
-        decode_s = float(sum(wi * output * p.decode_step_s(16, prompt + output / 2) / 16 for wi, p in zip(w, self.perfs)))
+        decode_s = float(sum(wi * p.decode_s(prompt, output) for wi, p in zip(w, self.perfs)))
         return Decision(
             replicas=int(sum(counts.values())), capacity_gb=float(caches[c].capacity_gb), counts=counts,
             reason=f"{reason}; {curve_note}",

@@ -77,7 +77,7 @@ def build_problem(source: Optional[CarbonSource], start: datetime, hours: int, *
 
         slo = slo or SLO()
         prefill_s = perf.prefill_s(prompt_tokens)
-        decode_s = output_tokens * perf.decode_step_s(16, prompt_tokens + output_tokens / 2) / 16
+        decode_s = perf.decode_s(prompt_tokens, output_tokens)
         cap = max(replica_options)
         rmin = np.array([[perf.rmin(l, prompt_tokens, output_tokens, c.hit_ratio, slo, max_replicas=cap)
                           for c in caches] for l in lam], dtype=int)

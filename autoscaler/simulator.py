@@ -420,8 +420,7 @@ class Simulation:
         # the router's tie-break: least energy for a mean request (2k prompt, 256 out) first
         def energy(t) -> float:
             perf, pw = self.type_perf[t.name], t.carbon.power
-            return t.carbon.gpus_per_replica * (pw.prefill_w * perf.prefill_s(2048)
-                                                + pw.decode_w * 256 * perf.decode_step_s(16, 2176) / 16)
+            return t.carbon.gpus_per_replica * (pw.prefill_w * perf.prefill_s(2048) + pw.decode_w * perf.decode_s(2048, 256))
         self.type_order = [t.name for t in sorted(self.types, key=energy)]
         self.primary = self.types[0].name
 
